@@ -1,0 +1,186 @@
+"""From tar bytes to clips: grouping members by key, temporal sampling, JPEG decoding, checks.
+
+Every failure is a `BadSample` with a kind, so that pipelines can count what they skip. Only the
+frames that temporal sampling picks are decoded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import simplejpeg
+from webdataset.gopen import gopen
+from webdataset.tariterators import base_plus_ext, tar_file_iterator
+
+from shards.format import N_LANDMARKS, frame_member, load_npy, parse_metadata
+
+# What can be wrong, from the shard down to one label array.
+ERROR_KINDS = (
+    "unreadable_shard",  # cannot open: missing file, failing pipe or URL
+    "truncated_shard",  # the tar ends or breaks in the middle
+    "short_shard",  # fewer samples than the manifest says
+    "missing_json",  # a member group without KEY.json
+    "bad_json",  # KEY.json unparsable or lacking fields
+    "missing_frame",  # a frame that frame_index promises is absent
+    "corrupt_jpeg",  # a frame that does not decode
+    "bad_shape",  # frame size or count not what the metadata or the stream expects
+    "bad_labels",  # landmarks or AU arrays of the wrong shape or type
+)
+
+
+class BadSample(Exception):
+    def __init__(self, kind: str, message: str):
+        assert kind in ERROR_KINDS, kind
+        super().__init__(message)
+        self.kind = kind
+
+
+def iter_groups(url: str) -> Iterator[dict]:
+    """Member groups of one shard, in order: {"__key__": KEY, "json": bytes, "000.jpg": bytes, ...}.
+
+    Raises BadSample("unreadable_shard") when the shard cannot be opened and
+    BadSample("truncated_shard") when reading breaks; groups before the break are yielded.
+    """
+    try:
+        stream = gopen(url, "rb")
+    except Exception as e:  # noqa: BLE001 - any opener failure means the same to us
+        raise BadSample("unreadable_shard", f"cannot open: {e}") from None
+    group: dict | None = None
+    try:
+        for member in tar_file_iterator(stream):
+            key, suffix = base_plus_ext(member["fname"])
+            if key is None:
+                continue
+            if group is not None and key != group["__key__"]:
+                yield group
+                group = None
+            if group is None:
+                group = {"__key__": key}
+            group[suffix.lower()] = member["data"]
+    except Exception as e:  # noqa: BLE001 - tarfile raises several types for a broken archive
+        # The group being read when the archive broke may be incomplete: drop it.
+        raise BadSample("truncated_shard", f"tar breaks after {group['__key__'] if group else 'start'}: {e}") from None
+    finally:
+        try:
+            stream.close()
+        except Exception:  # noqa: BLE001 - a pipe's exit status surfaces here; the data was read
+            pass
+    if group is not None:
+        yield group
+
+
+@dataclass
+class DecodedClip:
+    key: str
+    meta: dict
+    frame_index: np.ndarray  # int64 [T]
+    landmarks: np.ndarray | None  # float32 [T, 68, 2]
+    au_occ: np.ndarray | None  # int8 [T, A]
+    au_int: np.ndarray | None  # float32 [T, A]
+
+
+def pick_frames(n_stored: int, frames: int, stride: int, rng: np.random.Generator | None) -> np.ndarray:
+    """Indices of `frames` stored frames at `stride`: a random start with `rng`, else centred."""
+    span = (frames - 1) * stride + 1
+    if n_stored < span:
+        raise BadSample("bad_shape", f"{n_stored} stored frames, sampling needs {span}")
+    start = int(rng.integers(0, n_stored - span + 1)) if rng is not None else (n_stored - span) // 2
+    return start + stride * np.arange(frames)
+
+
+def decode_clip(
+    group: dict,
+    out: np.ndarray,
+    *,
+    frames: int,
+    stride: int,
+    scale: int,
+    n_aus: int,
+    rng: np.random.Generator | None,
+    fast: bool = True,
+) -> DecodedClip:
+    """Decode the sampled frames of one member group into `out` [T, h, w, 3] and read its labels.
+
+    `scale` (1, 2, 4 or 8) decodes at reduced size inside the JPEG decoder (DCT scaling), which
+    costs less than decoding in full; `out` must have the reduced size.
+    """
+    key = group["__key__"]
+    if "json" not in group:
+        raise BadSample("missing_json", "no .json member")
+    try:
+        meta = parse_metadata(group["json"])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadSample("bad_json", str(e)) from None
+    height, width = meta["size"]
+    n_stored = len(meta["frame_index"])
+    chosen = pick_frames(n_stored, frames, stride, rng)
+    want = out.shape[1:3]
+    for t, i in enumerate(chosen):
+        data = group.get(frame_member(int(i)))
+        if data is None:
+            raise BadSample("missing_frame", f"frame {i} ({frame_member(int(i))}) is absent")
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError as e:
+            raise BadSample("corrupt_jpeg", f"frame {i}: {e}") from None
+        if (h, w) != (height, width):
+            raise BadSample("bad_shape", f"frame {i} is {h}x{w}, metadata says {height}x{width}")
+        if (-(-h // scale), -(-w // scale)) != tuple(want):
+            raise BadSample("bad_shape", f"frame {i} is {h}x{w}; the stream expects {tuple(want)} at 1/{scale}")
+        try:
+            simplejpeg.decode_jpeg(
+                data,
+                colorspace="RGB",
+                fastdct=fast,
+                fastupsample=fast,
+                min_height=h // scale,
+                min_width=w // scale,
+                buffer=out[t],
+            )
+        except ValueError as e:
+            raise BadSample("corrupt_jpeg", f"frame {i}: {e}") from None
+    return DecodedClip(
+        key=key,
+        meta=meta,
+        frame_index=np.asarray(meta["frame_index"], dtype=np.int64)[chosen],
+        landmarks=_landmarks(group, n_stored, chosen),
+        **_au_labels(group, n_stored, n_aus, chosen),
+    )
+
+
+def _landmarks(group: dict, n_stored: int, chosen: np.ndarray) -> np.ndarray | None:
+    if "landmarks.npy" not in group:
+        return None
+    try:
+        lm = load_npy(group["landmarks.npy"])
+    except (ValueError, OSError) as e:
+        raise BadSample("bad_labels", f"landmarks.npy: {e}") from None
+    if lm.shape != (n_stored, N_LANDMARKS, 2) or lm.dtype.kind != "f":
+        raise BadSample("bad_labels", f"landmarks.npy is {lm.dtype}{list(lm.shape)}, expected float[{n_stored}, 68, 2]")
+    return lm[chosen].astype(np.float32)
+
+
+def _au_labels(group: dict, n_stored: int, n_aus: int, chosen: np.ndarray) -> dict:
+    if "au.npy" not in group:
+        return {"au_occ": None, "au_int": None}
+    try:
+        au = load_npy(group["au.npy"])
+    except (ValueError, OSError) as e:
+        raise BadSample("bad_labels", f"au.npy: {e}") from None
+    if au.dtype.names != ("occ", "int") or au.shape != (n_stored, n_aus):
+        raise BadSample("bad_labels", f"au.npy is {au.dtype}{list(au.shape)}, expected (occ, int)[{n_stored}, {n_aus}]")
+    au = au[chosen]
+    return {"au_occ": au["occ"].astype(np.int8), "au_int": au["int"].astype(np.float32)}
+
+
+def metadata_of(group: dict) -> dict:
+    """Parsed metadata of a group without decoding frames (for counting and inspection)."""
+    if "json" not in group:
+        raise BadSample("missing_json", "no .json member")
+    try:
+        return parse_metadata(group["json"])
+    except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadSample("bad_json", str(e)) from None

@@ -1,0 +1,155 @@
+"""The `auforge.clip/1` sample layout: member names, metadata fields and label encodings.
+
+One clip is one group of tar members sharing a key (webdataset's grouping rule: the key is the
+member name up to its first dot, so keys never contain dots):
+
+| member                 | content                                                          |
+| ---------------------- | ---------------------------------------------------------------- |
+| `KEY.json`             | metadata: clip_id, video_id, identity (str or null), track_id,    |
+|                        | source, fps, frame_index (list, one entry per stored frame), size |
+| `KEY.000.jpg` ...      | one baseline JPEG per stored frame, decodable alone               |
+| `KEY.landmarks.npy`    | optional float16 [T, 68, 2], iBUG-68 order, crop pixels (x, y)    |
+| `KEY.au.npy`           | optional structured [T, A]: field `occ` int8 (1, 0, -1 unknown)   |
+|                        | and field `int` float16 (0..5, NaN unknown); A = manifest AU list |
+
+Both labels live in one `.npy` as a structured array so that a clip's labels are one member
+that cannot be half present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SCHEMA = "auforge.clip/1"
+N_LANDMARKS = 68
+AU_DTYPE = np.dtype([("occ", "i1"), ("int", "<f2")])
+META_FIELDS = ("clip_id", "video_id", "identity", "track_id", "source", "fps", "frame_index", "size")
+_KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def frame_member(index: int) -> str:
+    """Suffix of the member holding stored frame `index` (the part after `KEY.`)."""
+    return f"{index:03d}.jpg"
+
+
+def clip_key(clip_id: str) -> str:
+    """A tar key for a clip id: webdataset splits member names at the first dot."""
+    key = re.sub(r"[^A-Za-z0-9_-]", "_", clip_id)
+    if not key:
+        raise ValueError(f"clip id {clip_id!r} gives an empty key")
+    return key
+
+
+def stable_id(text: str | None) -> int:
+    """A 63-bit id for an identity or video string, equal across processes, runs and machines.
+
+    Hashing instead of numbering keeps the reader streaming (no global table) and keeps ids of
+    different sources apart when streams are mixed. None maps to -1 (unknown).
+    """
+    if text is None:
+        return -1
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@dataclass
+class Clip:
+    """One clip as the writer takes it: metadata, encoded frames and optional labels."""
+
+    clip_id: str
+    video_id: str
+    identity: str | None
+    frames: list[bytes]
+    size: tuple[int, int]
+    fps: float = 25.0
+    source: str = "unknown"
+    track_id: str | None = None
+    frame_index: list[int] | None = None
+    landmarks: np.ndarray | None = None  # [T, 68, 2]
+    au_occ: np.ndarray | None = None  # [T, A] int8, -1 unknown
+    au_int: np.ndarray | None = None  # [T, A] float, NaN unknown
+    extra: dict = field(default_factory=dict)
+
+    def metadata(self) -> dict:
+        n = len(self.frames)
+        frame_index = list(range(n)) if self.frame_index is None else [int(i) for i in self.frame_index]
+        if len(frame_index) != n:
+            raise ValueError(f"clip {self.clip_id}: {n} frames but {len(frame_index)} frame_index entries")
+        meta = {
+            "clip_id": self.clip_id,
+            "video_id": self.video_id,
+            "identity": self.identity,
+            "track_id": self.track_id,
+            "source": self.source,
+            "fps": float(self.fps),
+            "frame_index": frame_index,
+            "size": [int(self.size[0]), int(self.size[1])],
+        }
+        meta.update(self.extra)
+        return meta
+
+    def members(self, n_aus: int) -> list[tuple[str, bytes]]:
+        """(suffix, bytes) pairs in the order they go into the tar."""
+        n = len(self.frames)
+        key = clip_key(self.clip_id)
+        out = [(f"{key}.json", json.dumps(self.metadata(), sort_keys=True).encode("utf-8"))]
+        out += [(f"{key}.{frame_member(i)}", jpeg) for i, jpeg in enumerate(self.frames)]
+        if self.landmarks is not None:
+            lm = np.asarray(self.landmarks, dtype=np.float16)
+            if lm.shape != (n, N_LANDMARKS, 2):
+                raise ValueError(f"clip {self.clip_id}: landmarks {lm.shape}, expected {(n, N_LANDMARKS, 2)}")
+            out.append((f"{key}.landmarks.npy", npy_bytes(lm)))
+        if self.au_occ is not None or self.au_int is not None:
+            out.append((f"{key}.au.npy", npy_bytes(pack_au(self.au_occ, self.au_int, n, n_aus, self.clip_id))))
+        return out
+
+
+def pack_au(occ, intensity, n_frames: int, n_aus: int, where: str) -> np.ndarray:
+    """Occurrence and intensity [T, A] into one structured array; a missing one is all unknown."""
+    labels = np.empty((n_frames, n_aus), dtype=AU_DTYPE)
+    labels["occ"] = -1
+    labels["int"] = np.nan
+    for name, value in (("occ", occ), ("int", intensity)):
+        if value is None:
+            continue
+        value = np.asarray(value)
+        if value.shape != (n_frames, n_aus):
+            raise ValueError(f"clip {where}: AU {name} labels {value.shape}, expected {(n_frames, n_aus)}")
+        labels[name] = value
+    return labels
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def parse_metadata(data: bytes) -> dict:
+    """Decode and check `KEY.json`; raises ValueError saying which field is wrong."""
+    meta = json.loads(data)
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a JSON object")
+    missing = [f for f in META_FIELDS if f not in meta]
+    if missing:
+        raise ValueError(f"metadata lacks {', '.join(missing)}")
+    if not isinstance(meta["frame_index"], list) or not meta["frame_index"]:
+        raise ValueError("frame_index must be a non-empty list")
+    size = meta["size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
+        raise ValueError(f"size must be [H, W] of positive ints, got {size!r}")
+    return meta
+
+
+def valid_key(key: str) -> bool:
+    return bool(_KEY_OK.match(key))

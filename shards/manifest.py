@@ -1,0 +1,70 @@
+"""`manifest.json`: what a shard set holds, so that readers need not scan it.
+
+Readers trust it for counts; checksums are verified on request (`python -m shards verify`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shards.atomic import write_text_atomic
+from shards.format import SCHEMA
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the manifest's folder
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    name: str
+    frame_size: list[int]  # [H, W] of stored frames
+    frames_per_clip: int
+    au_names: list[str]
+    builder: dict
+    shards: list[ShardInfo]
+    totals: dict
+    splits: dict = field(default_factory=dict)  # split name -> list of identities
+    schema: str = SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, self.to_json())
+
+    def digest(self) -> str:
+        """sha256 of the manifest's canonical JSON: names the exact data a model was trained on."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no manifest here") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: manifest is not valid JSON ({e})") from None
+        if raw.get("schema") != SCHEMA:
+            raise ValueError(f"{path}: schema {raw.get('schema')!r}, this reader knows {SCHEMA!r}")
+        try:
+            raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
+            return cls(**raw)
+        except (TypeError, KeyError) as e:
+            raise ValueError(f"{path}: manifest fields are wrong ({e})") from None
+
+    @property
+    def total_clips(self) -> int:
+        return sum(s.samples for s in self.shards)
