@@ -286,16 +286,20 @@ class _WorkerStream(IterableDataset):
 
     # -- batch assembly ------------------------------------------------------------------------
     def _new_batch(self) -> dict:
+        """Arrays for one batch, filled row by row; numpy views, turned into tensors at the end."""
         cfg, (h, w) = self.cfg, self.out_hw
         b, t, a = cfg.batch_size, cfg.frames, len(cfg.au_names)
+        frames = torch.empty((b, t, h, w, 3), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            frames.share_memory_()  # decode straight into the memory the batch travels in
         return {
-            "frames": torch.zeros((b, t, h, w, 3), dtype=torch.uint8),
-            "identity": torch.full((b,), -1, dtype=torch.int64),
-            "video": torch.full((b,), -1, dtype=torch.int64),
-            "frame_index": torch.full((b, t), -1, dtype=torch.int64),
+            "frames": frames,
+            "identity": np.full(b, -1, np.int64),
+            "video": np.full(b, -1, np.int64),
+            "frame_index": np.full((b, t), -1, np.int64),
             "landmarks": None,
-            "au_occ": torch.full((b, t, a), -1, dtype=torch.int8) if a else None,
-            "au_int": torch.full((b, t, a), float("nan")) if a else None,
+            "au_occ": np.full((b, t, a), -1, np.int8) if a else None,
+            "au_int": np.full((b, t, a), np.nan, np.float32) if a else None,
             "keys": [""] * b,
         }
 
@@ -317,22 +321,29 @@ class _WorkerStream(IterableDataset):
             return 0
         batch["identity"][i] = stable_id(clip.meta["identity"])
         batch["video"][i] = stable_id(clip.meta["video_id"])
-        batch["frame_index"][i] = torch.from_numpy(clip.frame_index)
+        batch["frame_index"][i] = clip.frame_index
         batch["keys"][i] = clip.key
         if clip.landmarks is not None:
             if batch["landmarks"] is None:
-                batch["landmarks"] = torch.full((cfg.batch_size, cfg.frames, N_LANDMARKS, 2), float("nan"))
-            batch["landmarks"][i] = torch.from_numpy(clip.landmarks)
+                batch["landmarks"] = np.full((cfg.batch_size, cfg.frames, N_LANDMARKS, 2), np.nan, np.float32)
+            batch["landmarks"][i] = clip.landmarks
         if clip.au_occ is not None and batch["au_occ"] is not None:
-            batch["au_occ"][i] = torch.from_numpy(clip.au_occ)
-            batch["au_int"][i] = torch.from_numpy(clip.au_int)
+            batch["au_occ"][i] = clip.au_occ
+            batch["au_int"][i] = clip.au_int
         return 1
 
     def _finish(self, batch: dict, filled: int) -> ClipBatch:
         valid = torch.zeros(self.cfg.batch_size, dtype=torch.bool)
         valid[:filled] = True
-        frames = batch.pop("frames").permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W] view, channels last
-        return ClipBatch(frames=frames, valid=valid, **batch)
+        frames = batch.pop("frames")
+        # Rows past `filled` are padding, or hold the part-decoded frames of a skipped sample.
+        # The other arrays are written only for good samples, so they still say "unknown" there.
+        frames[filled:] = 0
+        for name in ("identity", "video", "frame_index", "au_occ", "au_int", "landmarks"):
+            if batch[name] is not None:
+                batch[name] = torch.from_numpy(batch[name])
+        # [B, T, H, W, 3] -> [B, T, 3, H, W] as a view: channels-last memory, no copy.
+        return ClipBatch(frames=frames.permute(0, 1, 4, 2, 3), valid=valid, **batch)
 
 
 class ClipStream:

@@ -8,6 +8,13 @@ Frames are JPEG-encoded at a fixed quality, so the same arguments give byte-iden
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import simplejpeg
 
@@ -21,7 +28,7 @@ BASE_RATES = np.array([0.2, 0.15, 0.2, 0.35, 0.3, 0.15])
 def _identity(seed: int, person: int) -> dict:
     r = np.random.default_rng([seed, person, 7])
     return {
-        "skin": r.uniform([120, 80, 60], [240, 200, 170]),
+        "skin": np.array([235, 200, 170]) + r.uniform(0, 1) * np.array([-125, -130, -120]),  # light to dark
         "face_w": r.uniform(0.30, 0.38),
         "face_h": r.uniform(0.40, 0.47),
         "eye_dx": r.uniform(0.12, 0.16),
@@ -97,3 +104,33 @@ def write_synthetic(out_dir, clips: int, frames: int = 16, size: int = 112, iden
         for i in range(clips):
             writer.write(make_clip(seed, i, identities, frames, size))
         return writer.close()
+
+
+def cache_root() -> Path:
+    """Where generated data lives: $AUFORGE_CACHE, else ~/.cache/auforge."""
+    return Path(os.environ.get("AUFORGE_CACHE", Path.home() / ".cache" / "auforge"))
+
+
+def cached_synthetic(clips: int, frames: int = 16, size: int = 112, identities: int = 20, seed: int = 0,
+                     shard_samples: int = 100) -> Path:  # fmt: skip
+    """A synthetic set in the cache, generated on first use; the folder is named by its settings.
+
+    Generation goes to a temporary folder renamed into place when complete, so an interrupted
+    generation is never mistaken for a finished one.
+    """
+    settings = dict(clips=clips, frames=frames, size=size, identities=identities, seed=seed, shard_samples=shard_samples)
+    tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    final = cache_root() / "synthetic" / f"synth-{tag}"
+    if not (final / "manifest.json").exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            write_synthetic(tmp, **settings)
+            try:
+                tmp.rename(final)
+            except OSError:  # another process finished first: use theirs
+                if not (final / "manifest.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,128 @@
+"""`python -m shards.bench`: how fast the streaming reader decodes clips, against its limits.
+
+For 16-frame 112 px clips, in one process and on one core (so figures are per core):
+* limit: decoding the same JPEG bytes from memory with simplejpeg (libjpeg-turbo), nothing else;
+* reader: `ClipStream` in-process (tar parsing, metadata, temporal sampling, labels, batching);
+* naive: one loose JPEG file per frame opened with PIL;
+and the reader's share of the limit, bytes per clip, decoding at half scale, and resident memory
+after streaming 1,000 and 100,000 clips (resampled), which must stay flat.
+Measurements alternate and the best of the repeats is kept, since the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import simplejpeg
+import torch
+from PIL import Image
+
+from shards.decode import iter_groups
+from shards.format import frame_member
+from shards.stream import ClipStream
+from shards.synthetic import cached_synthetic
+
+FRAMES, SIZE = 16, 112
+
+
+def _load_clips(folder: Path) -> list[list[bytes]]:
+    clips = []
+    for tar in sorted(folder.glob("*.tar")):
+        for group in iter_groups(str(tar)):
+            clips.append([group[frame_member(i)] for i in range(FRAMES)])
+    return clips
+
+
+def limit_rate(clips: list[list[bytes]], scale: int = 1) -> float:
+    out = np.empty((FRAMES, SIZE // scale, SIZE // scale, 3), np.uint8)
+    t0 = time.perf_counter()
+    for frames in clips:
+        for t, data in enumerate(frames):
+            simplejpeg.decode_jpeg(
+                data, fastdct=True, fastupsample=True, min_height=SIZE // scale, min_width=SIZE // scale, buffer=out[t]
+            )
+    return len(clips) / (time.perf_counter() - t0)
+
+
+def reader_rate(folder: Path, n_clips: int, scale: int = 1, batch: int = 32) -> float:
+    stream = ClipStream(folder, frames=FRAMES, batch_size=batch, scale=scale, num_workers=0, rank=0, world=1)
+    it = iter(stream)
+    next(it)  # open the shards before timing
+    n_batches = max(1, n_clips // batch)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        next(it)
+    return n_batches * batch / (time.perf_counter() - t0)
+
+
+def naive_rate(loose: Path, n_clips: int) -> float:
+    t0 = time.perf_counter()
+    for c in range(n_clips):
+        frames = [np.asarray(Image.open(loose / f"{c:05d}" / f"{t:03d}.jpg").convert("RGB")) for t in range(FRAMES)]
+        torch.from_numpy(np.stack(frames))
+    return n_clips / (time.perf_counter() - t0)
+
+
+def write_loose(clips: list[list[bytes]], root: Path) -> None:
+    for c, frames in enumerate(clips):
+        (root / f"{c:05d}").mkdir(parents=True, exist_ok=True)
+        for t, data in enumerate(frames):
+            (root / f"{c:05d}" / f"{t:03d}.jpg").write_bytes(data)
+
+
+def memory_after(folder: Path, checkpoints: list[int], batch: int = 64) -> list[tuple[int, float, float]]:
+    """(clips streamed, current RSS MiB, peak RSS MiB) after each checkpoint, one resampled stream."""
+    stream = ClipStream(folder, frames=FRAMES, batch_size=batch, num_workers=0, rank=0, world=1)
+    proc, seen, out = psutil.Process(), 0, []
+    it = iter(stream)
+    for target in checkpoints:
+        while seen < target:
+            seen += len(next(it))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out.append((seen, proc.memory_info().rss / 2**20, peak))
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m shards.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--clips", type=int, default=512, help="clips in the benchmark set")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--long", type=int, default=100_000, help="clips streamed for the memory check")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    folder = cached_synthetic(args.clips, frames=FRAMES, size=SIZE, identities=50, seed=1, shard_samples=128)
+    clips = _load_clips(folder)
+    shard_bytes = sum(p.stat().st_size for p in folder.glob("*.tar"))
+    best = {"limit": 0.0, "reader": 0.0, "naive": 0.0, "limit/2": 0.0, "reader/2": 0.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_loose(clips, Path(tmp))
+        for _ in range(args.repeats):
+            best["limit"] = max(best["limit"], limit_rate(clips))
+            best["reader"] = max(best["reader"], reader_rate(folder, len(clips)))
+            best["naive"] = max(best["naive"], naive_rate(Path(tmp), len(clips)))
+            best["limit/2"] = max(best["limit/2"], limit_rate(clips, scale=2))
+            best["reader/2"] = max(best["reader/2"], reader_rate(folder, len(clips), scale=2))
+    print(f"clips of {FRAMES} frames at {SIZE} px, one core, best of {args.repeats}:")
+    print(f"  limit  (simplejpeg from memory)     {best['limit']:7.0f} clips/s")
+    print(f"  reader (ClipStream, in-process)      {best['reader']:7.0f} clips/s = {best['reader'] / best['limit']:.0%} of the limit")
+    print(f"  naive  (loose JPEG files, PIL)       {best['naive']:7.0f} clips/s = {best['naive'] / best['limit']:.0%} of the limit")
+    print(f"  at half scale ({SIZE // 2} px, DCT scaling): limit {best['limit/2']:.0f}, reader {best['reader/2']:.0f} clips/s "
+          f"= {best['reader/2'] / best['limit/2']:.0%}")  # fmt: skip
+    print(f"  bytes per clip in shards: {shard_bytes / len(clips) / 1000:.1f} kB")
+    mem = memory_after(folder, [1_000, args.long])
+    (n1, rss1, _), (n2, rss2, peak2) = mem
+    print(
+        f"  reader RSS after {n1:,} clips {rss1:.0f} MiB, after {n2:,} clips {rss2:.0f} MiB "
+        f"(growth {rss2 / rss1 - 1:+.1%}; peak {peak2:.0f} MiB)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""`python -m shards verify`: recompute checksums, decode every sample, check it against the schema.
+
+Names every bad shard and sample and returns non-zero when anything is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shards.decode import BadSample, decode_clip, iter_groups
+from shards.manifest import MANIFEST_NAME, Manifest
+
+
+@dataclass
+class ShardReport:
+    path: str
+    samples: int = 0
+    problems: list[str] = field(default_factory=list)  # shard-level
+    bad_samples: list[tuple[str, str, str]] = field(default_factory=list)  # (key, kind, message)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.bad_samples
+
+
+def sha256_of(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def check_sample(group: dict, n_aus: int, frame_size: list[int] | None, frames_per_clip: int) -> None:
+    """Decode every stored frame and check shapes; raises BadSample."""
+    from shards.decode import metadata_of
+
+    meta = metadata_of(group)
+    n_stored = len(meta["frame_index"])
+    height, width = meta["size"]
+    if frame_size and [height, width] != list(frame_size):
+        raise BadSample("bad_shape", f"size {height}x{width}, manifest says {frame_size[0]}x{frame_size[1]}")
+    if frames_per_clip and n_stored != frames_per_clip:
+        raise BadSample("bad_shape", f"{n_stored} frames, manifest says {frames_per_clip}")
+    out = np.empty((n_stored, height, width, 3), np.uint8)
+    decode_clip(group, out, frames=n_stored, stride=1, scale=1, n_aus=n_aus, rng=None, fast=False)
+
+
+def verify_shard(path: Path, expected, n_aus: int, frame_size, frames_per_clip: int) -> ShardReport:
+    report = ShardReport(str(path))
+    if not path.exists():
+        report.problems.append("missing")
+        return report
+    if expected is not None:
+        if path.stat().st_size != expected.bytes:
+            report.problems.append(f"size {path.stat().st_size} bytes, manifest says {expected.bytes}")
+        if (digest := sha256_of(path)) != expected.sha256:
+            report.problems.append(f"sha256 {digest[:12]}..., manifest says {expected.sha256[:12]}...")
+    seen: set[str] = set()
+    try:
+        for group in iter_groups(str(path)):
+            key = group["__key__"]
+            report.samples += 1
+            if key in seen:
+                report.bad_samples.append((key, "bad_json", "duplicate key in shard"))
+            seen.add(key)
+            try:
+                check_sample(group, n_aus, frame_size, frames_per_clip)
+            except BadSample as e:
+                report.bad_samples.append((key, e.kind, str(e)))
+    except BadSample as e:
+        report.problems.append(f"{e.kind}: {e}")
+    if expected is not None and report.samples != expected.samples:
+        report.problems.append(f"{report.samples} samples, manifest says {expected.samples}")
+    return report
+
+
+def verify(target: str | Path) -> tuple[list[ShardReport], list[str]]:
+    """Reports per shard, and problems of the set as a whole (stray or unlisted files)."""
+    target = Path(target)
+    folder = target.parent if target.is_file() else target
+    notes: list[str] = []
+    manifest_path = target if target.is_file() else folder / MANIFEST_NAME
+    if manifest_path.suffix == ".json":
+        manifest = Manifest.load(manifest_path)
+        items = [(folder / s.path, s) for s in manifest.shards]
+        n_aus, frame_size, fpc = len(manifest.au_names), manifest.frame_size, manifest.frames_per_clip
+        listed = {s.path for s in manifest.shards}
+        notes += [f"{p.name} is not listed in the manifest" for p in sorted(folder.glob("*.tar")) if p.name not in listed]
+    elif target.is_file():
+        items, n_aus, frame_size, fpc = [(target, None)], None, None, 0
+    else:
+        items = [(p, None) for p in sorted(folder.glob("*.tar"))]
+        n_aus, frame_size, fpc = None, None, 0
+        notes.append(f"{folder}: no {MANIFEST_NAME}: checksums and counts not checked")
+    notes += [f"{p.name}: left by an interrupted write" for p in sorted(folder.glob(".*.tmp"))]
+    reports = []
+    for path, expected in items:
+        # Without a manifest the AU count comes from the data: accept whatever the first clip has.
+        reports.append(verify_shard(path, expected, n_aus if n_aus is not None else _au_count(path), frame_size, fpc))
+    return reports, notes
+
+
+def _au_count(path: Path) -> int:
+    from shards.format import load_npy
+
+    try:
+        for group in iter_groups(str(path)):
+            if "au.npy" in group:
+                return load_npy(group["au.npy"]).shape[1]
+    except (BadSample, ValueError, IndexError):
+        pass
+    return 0
+
+
+def main(target: str) -> int:
+    reports, notes = verify(target)
+    bad = [r for r in reports if not r.ok]
+    samples = sum(r.samples for r in reports)
+    bad_samples = sum(len(r.bad_samples) for r in reports)
+    for r in bad:
+        for problem in r.problems:
+            print(f"BAD SHARD {r.path}: {problem}")
+        for key, kind, message in r.bad_samples:
+            print(f"BAD SAMPLE {r.path} key {key}: {kind}: {message}")
+    for note in notes:
+        print(f"NOTE {note}")
+    print(
+        f"verified {len(reports)} shards, {samples} samples: "
+        f"{len(reports) - len(bad)} shards OK, {len(bad)} bad, {bad_samples} bad samples"
+    )
+    return 1 if bad else 0
