@@ -81,8 +81,12 @@ class ShardWriter:
         self._check_uniform(clip)
         size = sum(512 + -(-len(data) // 512) * 512 for _, data in members)
         if self._open is not None:
-            info = self._open[3]
-            if info.samples >= self.max_samples or info.bytes + size > self.max_bytes:
+            tar, info = self._open[2], self._open[3]
+            # The size the shard would have if closed after this clip: what tar has taken so
+            # far (the file lags behind by tar's buffer), the clip, and the end-of-archive
+            # blocks, padded to tar's record size.
+            closed = -(-(tar.offset + size + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+            if info.samples >= self.max_samples or closed > self.max_bytes:
                 self._finish_shard()
         if self._open is None:
             self._start_shard()

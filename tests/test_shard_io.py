@@ -260,12 +260,14 @@ def test_killed_writer_leaves_only_complete_shards(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, str(out)], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
+        deadline, two_at = time.monotonic() + 60, None
         while time.monotonic() < deadline:
-            if out.exists():
-                names = [p.name for p in out.iterdir()]
-                # two whole shards, and a third being written
-                if sum(n.endswith(".tar") for n in names) >= 2 and any(n.endswith(".tmp") for n in names):
+            names = [p.name for p in out.iterdir()] if out.exists() else []
+            whole = [n for n in names if re.fullmatch(r"crash-\d{6}\.tar", n)]
+            if len(whole) >= 2:
+                two_at = two_at or time.monotonic()
+                # kill while a further shard is being written (or give up waiting for one)
+                if len(names) > len(whole) or time.monotonic() - two_at > 1:
                     break
             assert proc.poll() is None, proc.stderr.read().decode()
             time.sleep(0.01)

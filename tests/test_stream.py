@@ -186,10 +186,11 @@ def break_jpeg_header(folder, keys):
 
 
 def cut_jpeg_data(folder, keys):
-    """A frame whose entropy-coded data stops half way (the member itself is whole)."""
-    name = f"{keys[4]}.006.jpg"
-    edit_members(folder / "synth-000000.tar", lambda ms: [(n, d[: len(d) // 2] if n == name else d) for n, d in ms])
-    return {keys[4]}, {"corrupt_jpeg": 1}
+    """A frame whose entropy-coded data stops half way (the member itself is whole). The clip is
+    the last one: its first frames decode into the row that then becomes padding."""
+    name = f"{keys[23]}.006.jpg"
+    edit_members(folder / "synth-000003.tar", lambda ms: [(n, d[: len(d) // 2] if n == name else d) for n, d in ms])
+    return {keys[23]}, {"corrupt_jpeg": 1}
 
 
 def drop_json(folder, keys):
