@@ -61,6 +61,7 @@ class StreamConfig:
     seed: int = 0
     slots: int = 4  # shards open at once per worker and source (resampled mode)
     scale: int = 1  # decode at 1/scale size (1, 2, 4, 8)
+    resize: int | None = None  # then resize to resize x resize in the worker (antialiased)
     size: tuple[int, int] | None = None  # stored frame size; from the manifest when None
     rank: int = 0
     world: int = 1
@@ -343,7 +344,23 @@ class _WorkerStream(IterableDataset):
             if batch[name] is not None:
                 batch[name] = torch.from_numpy(batch[name])
         # [B, T, H, W, 3] -> [B, T, 3, H, W] as a view: channels-last memory, no copy.
-        return ClipBatch(frames=frames.permute(0, 1, 4, 2, 3), valid=valid, **batch)
+        frames = frames.permute(0, 1, 4, 2, 3)
+        if self.cfg.resize and self.out_hw != (self.cfg.resize,) * 2:
+            frames = resize_frames(frames, self.cfg.resize)
+        return ClipBatch(frames=frames, valid=valid, **batch)
+
+
+def resize_frames(frames: torch.Tensor, side: int) -> torch.Tensor:
+    """uint8 [B, T, 3, H, W] to [B, T, 3, side, side], bilinear with antialiasing, no augmentation."""
+    b, t = frames.shape[:2]
+    flat = frames.reshape(b * t, *frames.shape[2:]).float()
+    out = torch.nn.functional.interpolate(flat, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8).reshape(b, t, 3, side, side)
+
+
+def dct_scale_for(size: tuple[int, int], side: int) -> int:
+    """The largest JPEG DCT scale (1, 2, 4, 8) that still decodes at least `side` pixels a side."""
+    return max(s for s in (1, 2, 4, 8) if -(-min(size) // s) >= side or s == 1)
 
 
 class ClipStream:
@@ -364,7 +381,8 @@ class ClipStream:
         seed: int = 0,
         num_workers: int = 0,
         slots: int = 4,
-        scale: int = 1,
+        scale: int | None = None,
+        resize: int | None = None,
         rank: int | None = None,
         world: int | None = None,
         prefetch_factor: int = 2,
@@ -380,9 +398,11 @@ class ClipStream:
             if m.au_names and m.au_names != au_names:
                 raise ValueError(f"sources disagree on AU names: {m.name} has {m.au_names}, another {au_names}")
         size = tuple(manifests[0].frame_size) if manifests else self._probe_size()
+        if scale is None:  # decode no larger than the resize needs: DCT scaling is nearly free
+            scale = dct_scale_for(size, resize) if resize else 1
         self.cfg = StreamConfig(
             frames=frames, stride=stride, batch_size=batch_size, mode=mode, seed=seed, slots=slots, scale=scale,
-            size=size, rank=rank, world=world, workers=max(1, num_workers), au_names=list(au_names),
+            resize=resize, size=size, rank=rank, world=world, workers=max(1, num_workers), au_names=list(au_names),
         )  # fmt: skip
         self.num_workers = num_workers
         self.loader_kwargs = dict(
@@ -451,6 +471,7 @@ class ClipStream:
         return {
             "mode": c.mode, "seed": c.seed, "rank": c.rank, "world": c.world, "workers": c.workers,
             "batch_size": c.batch_size, "frames": c.frames, "stride": c.stride, "slots": c.slots,
+            "scale": c.scale, "resize": c.resize,
             "shards": sum(len(s.urls) for s in self.sources),
         }  # fmt: skip
 

@@ -306,3 +306,28 @@ def test_resampled_stream_goes_on_past_bad_data(synth24, tmp_path):
     assert len(keys) == 120 and not set(keys) & lost
     summary = stream.summary()
     assert {"corrupt_jpeg", "missing_json", "truncated_shard"} <= set(summary)
+
+
+# -- resizing in the workers -----------------------------------------------------------------
+
+
+def test_resize_decodes_at_reduced_scale_then_resizes(synth40):
+    """resize=16 on 32 px frames decodes at 1/2 inside libjpeg (no resize left to do); resize=24
+    decodes in full and resizes with antialiasing; both approximate a resize of the full frames."""
+    full = take(ClipStream(synth40.folder, frames=2, batch_size=4, mode="exact", rank=0, world=1), 1)[0]
+    reference = torch.nn.functional.interpolate(
+        full.frames.flatten(0, 1).float(), size=(24, 24), mode="bilinear", antialias=True
+    ).view(4, 2, 3, 24, 24)
+    for side, scale in ((16, 2), (24, 1)):
+        stream = ClipStream(synth40.folder, frames=2, batch_size=4, mode="exact", resize=side, rank=0, world=1)
+        assert stream.cfg.scale == scale
+        batch = take(stream, 1)[0]
+        assert batch.frames.shape == (4, 2, 3, side, side) and batch.frames.dtype == torch.uint8
+        assert batch.keys == full.keys
+        if side == 24:
+            assert (batch.frames.float() - reference).abs().mean() < 2.0
+    # A changed resize is another stream set-up: its position cannot be loaded.
+    a = ClipStream(synth40.folder, frames=2, batch_size=4, resize=16, rank=0, world=1)
+    b = ClipStream(synth40.folder, frames=2, batch_size=4, resize=24, rank=0, world=1)
+    with pytest.raises(ValueError, match="another stream set-up"):
+        b.load_state_dict(a.state_dict())
