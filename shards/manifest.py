@@ -5,6 +5,7 @@ Readers trust it for counts; checksums are verified on request (`python -m shard
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ class Manifest:
     builder: dict
     shards: list[ShardInfo]
     totals: dict
-    splits: dict = field(default_factory=dict)  # split name -> list of identities
+    splits: dict = field(default_factory=dict)  # split name -> {"shards": [paths], "identities": [...]}
     schema: str = SCHEMA
 
     def to_json(self) -> str:
@@ -68,3 +69,10 @@ class Manifest:
     @property
     def total_clips(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    def split(self, name: str) -> "Manifest":
+        """The manifest restricted to one split's shards."""
+        if name not in self.splits:
+            raise KeyError(f"manifest '{self.name}' has no split {name!r}; it has {sorted(self.splits) or 'none'}")
+        keep = set(self.splits[name]["shards"])
+        return dataclasses.replace(self, shards=[s for s in self.shards if s.path in keep])

@@ -75,8 +75,21 @@ def _sibling_counts(urls: list[str]) -> tuple[list[int] | None, Manifest | None]
     return [counts[n] for n in names], manifest
 
 
-def resolve_one(spec, weight: float = 1.0, name: str = "") -> ShardSource:
-    """One source from a manifest path or URL, a folder, a brace pattern, a URL or a URL list."""
+def resolve_one(spec, weight: float = 1.0, name: str = "", split: str | None = None) -> ShardSource:
+    """One source from a manifest path or URL, a folder, a brace pattern, a URL or a URL list;
+    `split` keeps only that split's shards (it needs a manifest)."""
+    source = _resolve_one(spec, weight, name)
+    if split is None:
+        return source
+    if source.manifest is None:
+        raise ValueError(f"split {split!r} asked of {spec!r}, which has no manifest to name splits")
+    part = source.manifest.split(split)
+    keep = {s.path for s in part.shards}
+    pairs = [(u, n) for u, n in zip(source.urls, source.samples) if u.rsplit("/", 1)[-1] in keep]
+    return ShardSource([u for u, _ in pairs], [n for _, n in pairs], weight, part, f"{source.name}:{split}")
+
+
+def _resolve_one(spec, weight: float, name: str) -> ShardSource:
     if isinstance(spec, Manifest):
         raise TypeError("pass the manifest's path, not a Manifest object: shard paths are relative to it")
     if isinstance(spec, (list, tuple)):
@@ -105,13 +118,17 @@ def resolve_one(spec, weight: float = 1.0, name: str = "") -> ShardSource:
     return ShardSource(urls, samples, weight, manifest, name)
 
 
-def resolve(spec) -> list[ShardSource]:
-    """Sources from a spec; `[{"source": SPEC, "weight": W}, ...]` (or a JSON string of it) mixes."""
+def resolve(spec, split: str | None = None) -> list[ShardSource]:
+    """Sources from a spec; `[{"source": SPEC, "weight": W, "split": S}, ...]` (or a JSON string of
+    it) mixes; `split` applies to entries that name none."""
     if isinstance(spec, str) and spec.lstrip().startswith("["):
         spec = json.loads(spec)
     if isinstance(spec, (list, tuple)) and spec and all(isinstance(s, dict) for s in spec):
-        sources = [resolve_one(s["source"], float(s.get("weight", 1.0)), s.get("name", "")) for s in spec]
+        sources = [
+            resolve_one(s["source"], float(s.get("weight", 1.0)), s.get("name", ""), s.get("split", split))
+            for s in spec
+        ]
         if any(s.weight <= 0 for s in sources):
             raise ValueError("mixture weights must be positive")
         return sources
-    return [resolve_one(spec)]
+    return [resolve_one(spec, split=split)]

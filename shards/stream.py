@@ -367,13 +367,15 @@ class ClipStream:
     """Iterable of `ClipBatch` over shards; see the module docstring for modes and resumption.
 
     `source`: a manifest path, a folder, a brace pattern, a URL list, or a mixture
-    `[{"source": SPEC, "weight": W}, ...]`. Rank and world default to torch.distributed's.
+    `[{"source": SPEC, "weight": W}, ...]`; `split` picks one split of a manifest (for example
+    the held-out identities of a synthetic set). Rank and world default to torch.distributed's.
     """
 
     def __init__(
         self,
         source,
         *,
+        split: str | None = None,
         frames: int = 16,
         stride: int = 1,
         batch_size: int = 8,
@@ -389,7 +391,7 @@ class ClipStream:
         multiprocessing_context=None,
         pin_memory: bool | None = None,
     ):
-        self.sources = resolve(source)
+        self.sources = resolve(source, split)
         if rank is None or world is None:
             rank, world = dist_rank_world()
         manifests = [s.manifest for s in self.sources if s.manifest is not None]

@@ -1,9 +1,20 @@
-"""A small procedural face-clip generator: data for tests, benchmarks and the quickstart.
+"""Synthetic face clips with ground-truth AUs, landmarks and identities (`python -m shards synth`).
 
-Each identity has a persistent face (skin tone, face shape, eye spacing, brow and mouth size);
-each clip moves the head slightly and plays AU events whose effects are local: brows rise
-(AU1, AU2) or fall (AU4), lip corners rise (AU12), lips part (AU25) and the jaw drops (AU26).
-Frames are JPEG-encoded at a fixed quality, so the same arguments give byte-identical shards.
+No real face video can be fetched on these machines, so tests, the quickstart and the
+label-efficiency studies run on clips rendered here by `shards.face`. What a clip holds:
+
+* a person (`Identity`): fixed geometry, skin, hair, brows, glasses and AU habits, the same in
+  every clip and video of theirs;
+* AU events with onset, apex and offset, drawn from expression programs that make AUs co-occur
+  as in real faces (6+12, 1+2, 4+7, 25+26, 23+24, 1+4+15, 9+10 ...) plus single-AU events, at
+  rates skewed like BP4D and DISFA, scaled by the person's habits;
+* nuisance, labelled truthfully: blinks (AU45), talking-like mouth motion (AU25, AU26), head
+  pose drifting within the clip, scale and position jitter, light direction and colour,
+  background clutter, blur, sensor noise and JPEG quality (per video or per clip).
+
+Clip i depends only on (seed, i), so the same arguments give byte-identical shards. A share of
+the identities is held out: their clips go to shards of their own, and the manifest's `splits`
+lists both splits' shards and identities.
 """
 
 from __future__ import annotations
@@ -13,96 +24,253 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import simplejpeg
+from PIL import Image, ImageFilter
 
+from shards.face import AU_INDEX, AU_NAMES, Identity, face_state, landmarks_canonical, project, render
 from shards.format import Clip
+from shards.manifest import Manifest
 from shards.writer import ShardWriter
 
-AU_NAMES = ["AU1", "AU2", "AU4", "AU12", "AU25", "AU26"]
-BASE_RATES = np.array([0.2, 0.15, 0.2, 0.35, 0.3, 0.15])
+FPS = 25.0
+VIDEOS_PER_PERSON = 4
+
+# Expression programs: how often one starts in a clip, and the AUs it moves as
+# (probability the AU takes part, intensity relative to the person's typical apex).
+PROGRAMS = {
+    "smile": (0.55, {"AU6": (0.8, 0.8), "AU12": (1.0, 1.0), "AU7": (0.4, 0.6), "AU25": (0.35, 0.7), "AU10": (0.35, 0.5)}),
+    "laugh": (0.08, {"AU6": (1.0, 1.0), "AU12": (1.0, 1.1), "AU25": (1.0, 1.0), "AU26": (0.8, 0.9), "AU7": (0.5, 0.7)}),
+    "surprise": (0.1, {"AU1": (1.0, 1.0), "AU2": (0.9, 1.0), "AU5": (0.5, 0.8), "AU25": (0.6, 0.8), "AU26": (0.5, 0.8)}),
+    "frown": (0.16, {"AU4": (1.0, 1.0), "AU7": (0.8, 0.9), "AU23": (0.35, 0.7), "AU24": (0.3, 0.7), "AU17": (0.3, 0.6)}),
+    "sad": (0.1, {"AU1": (0.8, 0.8), "AU4": (0.6, 0.7), "AU15": (1.0, 1.0), "AU17": (0.6, 0.8)}),
+    "disgust": (0.06, {"AU9": (1.0, 1.0), "AU10": (0.8, 0.9), "AU4": (0.4, 0.6), "AU17": (0.3, 0.6)}),
+    "press": (0.12, {"AU23": (1.0, 1.0), "AU24": (0.9, 1.0), "AU17": (0.6, 0.8), "AU14": (0.3, 0.6)}),
+    "dimple": (0.25, {"AU14": (1.0, 1.0), "AU12": (0.3, 0.5), "AU10": (0.3, 0.5)}),
+    "fear": (0.03, {"AU1": (1.0, 0.9), "AU2": (0.8, 0.8), "AU4": (0.8, 0.8), "AU5": (0.7, 0.8), "AU20": (1.0, 1.0), "AU25": (0.8, 0.8)}),
+    "stretch": (0.04, {"AU20": (1.0, 1.0), "AU25": (0.4, 0.6)}),
+}  # fmt: skip
+# Single-AU events per clip, on top of the programs (upper-face AUs move on their own often).
+SOLO = {"AU1": 0.08, "AU2": 0.05, "AU4": 0.06, "AU5": 0.02, "AU6": 0.05, "AU7": 0.3, "AU9": 0.02,
+        "AU10": 0.35, "AU12": 0.12, "AU14": 0.18, "AU15": 0.08, "AU17": 0.18, "AU20": 0.02,
+        "AU23": 0.06, "AU24": 0.05, "AU25": 0.1, "AU26": 0.06}  # fmt: skip
+TALKING = 0.25  # share of clips with talking-like mouth motion
+BLINK = 0.35  # chance of a blink within a clip
 
 
-def _identity(seed: int, person: int) -> dict:
-    r = np.random.default_rng([seed, person, 7])
+def _envelope(rng, frames: int) -> np.ndarray:
+    """0..1 per frame: onset ramp, apex hold, offset ramp; the event may start before the clip
+    or end after it, as events in a window of a longer video do."""
+    start = rng.uniform(-1.5 * frames, frames)
+    onset, apex, offset = rng.uniform(2, 8), rng.uniform(2, 3 * frames), rng.uniform(3, 10)
+    t = np.arange(frames, dtype=np.float32)
+    rise = np.clip((t - start) / onset, 0, 1)
+    fall = np.clip(1 - (t - start - onset - apex) / offset, 0, 1)
+    env = np.minimum(rise, fall)
+    return env * env * (3 - 2 * env)  # smoothstep: muscles ease in and out
+
+
+def au_track(rng, person: Identity, frames: int) -> np.ndarray:
+    """AU intensities [T, A] 0..5 for one clip of this person."""
+    track = np.zeros((frames, len(AU_NAMES)), np.float32)
+
+    def add(name: str, env: np.ndarray, relative: float):
+        i = AU_INDEX[name]
+        peak = np.clip(person.au_peak[i] * relative * rng.uniform(0.7, 1.3), 0.5, 5.0)
+        track[:, i] = np.maximum(track[:, i], peak * env)
+
+    for rate, aus in PROGRAMS.values():
+        habit = np.mean([person.au_rate[AU_INDEX[a]] for a in aus])
+        if rng.random() < rate * habit:
+            env = _envelope(rng, frames)
+            for name, (p, rel) in aus.items():
+                if rng.random() < p:
+                    add(name, env, rel)
+    for name, rate in SOLO.items():
+        if rng.random() < rate * person.au_rate[AU_INDEX[name]]:
+            add(name, _envelope(rng, frames), 1.0)
+    if rng.random() < TALKING * person.au_rate[AU_INDEX["AU25"]]:
+        t = np.arange(frames) / FPS
+        wave = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 2 * np.pi))
+        track[:, AU_INDEX["AU25"]] = np.maximum(track[:, AU_INDEX["AU25"]], 1.2 + 2.0 * wave)
+        track[:, AU_INDEX["AU26"]] = np.maximum(track[:, AU_INDEX["AU26"]], 2.6 * wave**1.5)
+    if rng.random() < BLINK:
+        mid, half = rng.uniform(0, frames), rng.uniform(1.2, 2.5)
+        blink = np.clip(1 - np.abs(np.arange(frames) - mid) / half, 0, 1)
+        track[:, AU_INDEX["AU45"]] = 5 * blink
+    return np.round(track, 2)
+
+
+def _background(rng, size: int) -> np.ndarray:
+    """A cluttered static scene: a lit gradient, shapes and blotches."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = rng.uniform(20, 230, 3)
+    tilt = rng.uniform(-60, 60, 3)
+    img = base + tilt * (x * rng.uniform(-1, 1) + y * rng.uniform(-1, 1))[..., None]
+    for _ in range(rng.integers(3, 9)):
+        colour = rng.uniform(0, 255, 3)
+        cx, cy, w, h = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.4), rng.uniform(0.05, 0.4)
+        if rng.random() < 0.5:
+            mask = (np.abs(x - cx) < w / 2) & (np.abs(y - cy) < h / 2)
+        else:
+            mask = ((x - cx) / w) ** 2 + ((y - cy) / h) ** 2 < 0.25
+        img[mask] = img[mask] * 0.3 + colour * 0.7
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+def _video_setting(seed: int, person: int, video: int, size: int) -> dict:
+    """What stays fixed within one video: scene, light, camera."""
+    r = np.random.default_rng([seed, person, video, 0x5E7])
+    direction = np.array([r.uniform(-0.8, 0.8), r.uniform(-0.7, 0.3), 1.0])
+    warmth = r.uniform(-0.12, 0.12)
     return {
-        "skin": np.array([235, 200, 170]) + r.uniform(0, 1) * np.array([-125, -130, -120]),  # light to dark
-        "face_w": r.uniform(0.30, 0.38),
-        "face_h": r.uniform(0.40, 0.47),
-        "eye_dx": r.uniform(0.12, 0.16),
-        "brow": r.uniform(20, 70),
-        "mouth_w": r.uniform(0.10, 0.15),
-        "background": r.uniform(30, 220, size=3),
+        "background": _background(r, size),
+        "light": {
+            "direction": direction / np.linalg.norm(direction),
+            "ambient": np.float32(r.uniform(0.45, 0.7)),
+            "diffuse": np.float32(r.uniform(0.3, 0.6)),
+            "colour": np.array([1 + warmth, 1.0, 1 - warmth], np.float32) * r.uniform(0.8, 1.15),
+        },
+        "pose": np.array([r.normal(0, 0.2), r.normal(0, 0.12), r.normal(0, 0.08)]),  # yaw, pitch, roll
+        "scale": r.uniform(0.9, 1.1),
     }
 
 
-def _au_track(rng: np.random.Generator, frames: int) -> np.ndarray:
-    """Intensity 0..5 per frame and AU: at most one onset-apex-offset event per AU and clip."""
-    track = np.zeros((frames, len(AU_NAMES)), dtype=np.float32)
-    for a, rate in enumerate(BASE_RATES):
-        if rng.random() < rate:
-            apex, width, peak = rng.integers(0, frames), rng.uniform(2, frames), rng.uniform(1.5, 5)
-            track[:, a] = peak * np.exp(-0.5 * ((np.arange(frames) - apex) / (width / 2)) ** 2)
-    return track
+def _pose_track(rng, setting: dict, frames: int) -> np.ndarray:
+    """[T, 6] yaw, pitch, roll, scale, dx, dy: the video's pose, a per-clip offset and a drift."""
+    angles = setting["pose"] + rng.normal(0, 0.08, 3) + np.cumsum(rng.normal(0, 0.012, (frames, 3)), 0)
+    angles = np.clip(angles, [-0.6, -0.35, -0.35], [0.6, 0.35, 0.35])
+    scale = setting["scale"] * rng.uniform(0.93, 1.07) * (1 + np.cumsum(rng.normal(0, 0.003, frames)))
+    shift = rng.normal(0, 0.03, 2) + np.cumsum(rng.normal(0, 0.003, (frames, 2)), 0)
+    return np.column_stack([angles, scale, shift]).astype(np.float32)
 
 
-def render_frame(person: dict, au: np.ndarray, pose: np.ndarray, size: int, noise: np.random.Generator):
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    cx, cy = 0.5 + pose[0], 0.5 + pose[1]
-    img = np.empty((size, size, 3), np.float32)
-    img[:] = person["background"]
-    face = ((xx - cx) / person["face_w"]) ** 2 + ((yy - cy) / person["face_h"]) ** 2 < 1
-    shade = 1 - 0.3 * (xx - cx)  # light from the left
-    img[face] = person["skin"] * shade[face, None]
-    au1, au2, au4, au12, au25, au26 = au / 5
-    for side in (-1, 1):
-        ex = cx + side * person["eye_dx"]
-        eye = ((xx - ex) / 0.05) ** 2 + ((yy - cy + 0.08) / 0.025) ** 2 < 1
-        img[eye] = (250, 250, 250)
-        img[((xx - ex) / 0.02) ** 2 + ((yy - cy + 0.08) / 0.02) ** 2 < 1] = (40, 30, 20)
-        inner = au1 if side * (xx - ex).mean() < 0 else au2
-        brow_y = cy - 0.15 - 0.04 * inner + 0.03 * au4
-        brow = (np.abs(xx - ex + side * 0.01 * au4) < 0.06) & (np.abs(yy - brow_y) < 0.012)
-        img[brow] = person["brow"]
-    mouth_y = cy + 0.2 + 0.05 * au26
-    curve = -0.04 * au12 * ((xx - cx) / person["mouth_w"]) ** 2
-    lips = (np.abs(xx - cx) < person["mouth_w"]) & (np.abs(yy - mouth_y - curve) < 0.012 + 0.03 * au25)
-    img[lips] = (150, 40, 50)
-    img += noise.normal(0, 3, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
+def _blur_frames(img: np.ndarray, radius: float) -> np.ndarray:
+    """uint8 [T, H, W, 3] through a Gaussian blur of `radius` px (optics, focus, motion)."""
+    if radius < 0.3:
+        return img
+    return np.stack([np.asarray(Image.fromarray(f).filter(ImageFilter.GaussianBlur(radius))) for f in img])
 
 
-def make_clip(seed: int, index: int, identities: int, frames: int, size: int, quality: int = 90) -> Clip:
-    rng = np.random.default_rng([seed, index])
-    person_id = int(rng.integers(identities))
-    person = _identity(seed, person_id)
-    au = _au_track(rng, frames)
-    drift = np.cumsum(rng.normal(0, 0.004, (frames, 2)), axis=0) + rng.normal(0, 0.02, 2)
-    images = [render_frame(person, au[t], drift[t], size, rng) for t in range(frames)]
-    occ = (au >= 1.0).astype(np.int8)
-    return Clip(
-        clip_id=f"synth{seed}-{index:07d}",
-        video_id=f"synth{seed}-p{person_id:05d}-v{index % 3}",
-        identity=f"p{person_id:05d}",
-        frames=[simplejpeg.encode_jpeg(im, quality=quality, colorspace="RGB") for im in images],
-        size=(size, size),
-        fps=25.0,
-        source="synthetic",
-        au_occ=occ,
-        au_int=np.round(au, 2),
-    )
+class Renderer:
+    """Renders clips for one seed; keeps recent identities so their textures are made once."""
+
+    def __init__(self, seed: int, identities: int, frames: int, size: int, cache: int = 512):
+        self.seed, self.identities, self.frames, self.size = seed, identities, frames, size
+        self._people: dict[int, Identity] = {}
+        self._settings: dict[tuple, dict] = {}
+        self._cache = cache
+        self.seconds = {"draw": 0.0, "encode": 0.0}
+        # Sensor noise: frames take random windows of one bank, cheaper than fresh noise per pixel.
+        bank = np.random.default_rng([seed, 0xB0]).random((2 * size, 2 * size, 3), dtype=np.float32)
+        self._noise = (bank - 0.5) * np.float32(np.sqrt(12))  # unit variance
+
+    def person(self, index: int) -> Identity:
+        if index not in self._people:
+            if len(self._people) >= self._cache:
+                self._people.pop(next(iter(self._people)))
+            self._people[index] = Identity.make(self.seed, index)
+        return self._people[index]
+
+    def setting(self, person: int, video: int) -> dict:
+        key = (person, video)
+        if key not in self._settings:
+            if len(self._settings) >= self._cache:
+                self._settings.pop(next(iter(self._settings)))
+            self._settings[key] = _video_setting(self.seed, person, video, self.size)
+        return self._settings[key]
+
+    def person_of(self, clip: int) -> int:
+        return int(np.random.default_rng([self.seed, clip, 0xC1]).integers(self.identities))
+
+    def frames_and_labels(self, clip: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """uint8 frames [T, S, S, 3], AU intensities [T, A], landmarks [T, 68, 2], and metadata."""
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([self.seed, clip])
+        index = self.person_of(clip)
+        person = self.person(index)
+        video = int(rng.integers(VIDEOS_PER_PERSON))
+        setting = self.setting(index, video)
+        au = au_track(rng, person, self.frames)
+        pose = _pose_track(rng, setting, self.frames)
+        state = face_state(person, au)
+        img = render(person, state, pose, self.size, setting["light"], setting["background"])
+        focus = rng.uniform(0.3, 1.2) if rng.random() < 0.5 else 0.0  # half the clips are sharp
+        frames = _blur_frames(np.clip(img, 0, 255).astype(np.uint8), focus)
+        sigma = np.float32(rng.uniform(1, 5))
+        offsets = rng.integers(0, self.size, (self.frames, 2))
+        noise = np.stack([self._noise[y : y + self.size, x : x + self.size] for y, x in offsets])
+        frames = np.clip(frames + sigma * noise, 0, 255).astype(np.uint8)
+        landmarks = project(landmarks_canonical(person, state), pose, self.size)
+        meta = {
+            "person": index,
+            "video": video,
+            "start": int(rng.integers(0, 5000)),
+            "quality": int(rng.integers(70, 96)),
+        }
+        self.seconds["draw"] += time.perf_counter() - t0
+        return frames, au, landmarks, meta
+
+    def clip(self, clip: int, prefix: str = "synth") -> Clip:
+        frames, au, landmarks, meta = self.frames_and_labels(clip)
+        t0 = time.perf_counter()
+        jpegs = [simplejpeg.encode_jpeg(f, quality=meta["quality"], colorspace="RGB") for f in frames]
+        self.seconds["encode"] += time.perf_counter() - t0
+        person = f"p{meta['person']:05d}"
+        return Clip(
+            clip_id=f"{prefix}{self.seed}-{clip:07d}",
+            video_id=f"{prefix}{self.seed}-{person}-v{meta['video']}",
+            identity=person,
+            frames=jpegs,
+            size=(self.size, self.size),
+            fps=FPS,
+            source="synthetic",
+            track_id=f"{prefix}{self.seed}-{person}-v{meta['video']}-t0",
+            frame_index=list(range(meta["start"], meta["start"] + self.frames)),
+            landmarks=landmarks,
+            au_occ=occurrence(au),
+            au_int=au,
+        )
+
+
+def make_clip(seed: int, index: int, identities: int, frames: int, size: int) -> Clip:
+    """Clip `index` of the synthetic set with these settings (one-off; `Renderer` for many)."""
+    return Renderer(seed, identities, frames, size).clip(index)
+
+
+def occurrence(intensity: np.ndarray) -> np.ndarray:
+    """Present from FACS level A (trace, intensity 1) up."""
+    return (intensity >= 1.0).astype(np.int8)
+
+
+def heldout_people(seed: int, identities: int, share: float) -> set[int]:
+    if share <= 0:
+        return set()
+    count = min(identities - 1, max(1, round(identities * share)))
+    return set(np.random.default_rng([seed, 0x4E1D]).permutation(identities)[:count].tolist())
 
 
 def write_synthetic(out_dir, clips: int, frames: int = 16, size: int = 112, identities: int = 20, seed: int = 0,
-                    shard_samples: int = 100, name: str = "synth"):  # fmt: skip
-    """Render `clips` clips into shards under `out_dir`; returns the manifest."""
-    settings = dict(clips=clips, frames=frames, size=size, identities=identities, seed=seed)
-    builder = {"name": "auforge.shards.synthetic", "settings": settings}
+                    shard_samples: int = 100, heldout: float = 0.2, name: str = "synth") -> Manifest:  # fmt: skip
+    """Render `clips` clips into shards under `out_dir`: the training split first, then the
+    held-out identities' split (absent when `heldout` is 0). Returns the manifest."""
+    settings = dict(clips=clips, frames=frames, size=size, identities=identities, seed=seed, heldout=heldout)
+    builder = {"name": "auforge.shards.synthetic", "version": 2, "settings": settings}
+    renderer = Renderer(seed, identities, frames, size)
+    held = heldout_people(seed, identities, heldout)
+    order = {"train": [], "heldout": []}
+    for i in range(clips):
+        order["heldout" if renderer.person_of(i) in held else "train"].append(i)
     with ShardWriter(out_dir, name, au_names=AU_NAMES, builder=builder, max_samples=shard_samples) as writer:
-        for i in range(clips):
-            writer.write(make_clip(seed, i, identities, frames, size))
+        for split, indices in order.items():
+            if not indices:
+                continue
+            writer.start_split(split)
+            for i in indices:
+                writer.write(renderer.clip(i))
         return writer.close()
 
 
@@ -112,14 +280,15 @@ def cache_root() -> Path:
 
 
 def cached_synthetic(clips: int, frames: int = 16, size: int = 112, identities: int = 20, seed: int = 0,
-                     shard_samples: int = 100) -> Path:  # fmt: skip
+                     shard_samples: int = 100, heldout: float = 0.2) -> Path:  # fmt: skip
     """A synthetic set in the cache, generated on first use; the folder is named by its settings.
 
     Generation goes to a temporary folder renamed into place when complete, so an interrupted
     generation is never mistaken for a finished one.
     """
-    settings = dict(clips=clips, frames=frames, size=size, identities=identities, seed=seed, shard_samples=shard_samples)
-    tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    settings = dict(clips=clips, frames=frames, size=size, identities=identities, seed=seed,
+                    shard_samples=shard_samples, heldout=heldout)  # fmt: skip
+    tag = hashlib.sha256(json.dumps({**settings, "version": 2}, sort_keys=True).encode()).hexdigest()[:12]
     final = cache_root() / "synthetic" / f"synth-{tag}"
     if not (final / "manifest.json").exists():
         final.parent.mkdir(parents=True, exist_ok=True)

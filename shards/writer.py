@@ -66,6 +66,8 @@ class ShardWriter:
         self._identities: set[str] = set()
         self._frames = 0
         self._manifest: Manifest | None = None
+        self._split: str | None = None
+        self._splits: dict[str, dict] = {}  # name -> {"shards": [...], "identities": set()}
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -75,6 +77,15 @@ class ShardWriter:
             self.close()
         else:
             self._abort()
+
+    def start_split(self, name: str) -> None:
+        """Clips written from now on belong to split `name`, in shards of their own."""
+        if name in self._splits:
+            raise ValueError(f"split {name!r} was already written")
+        if self._open is not None:
+            self._finish_shard()
+        self._split = name
+        self._splits[name] = {"shards": [], "identities": set()}
 
     def write(self, clip: Clip) -> None:
         members = clip.members(len(self.au_names))
@@ -101,6 +112,8 @@ class ShardWriter:
         self._videos.add(clip.video_id)
         if clip.identity is not None:
             self._identities.add(clip.identity)
+            if self._split is not None:
+                self._splits[self._split]["identities"].add(clip.identity)
 
     def _check_uniform(self, clip: Clip) -> None:
         size = [int(clip.size[0]), int(clip.size[1])]
@@ -127,6 +140,8 @@ class ShardWriter:
         info.bytes, info.sha256 = hashing.size, hashing.sha.hexdigest()
         ctx.__exit__(None, None, None)  # fsync and rename: the shard now exists, whole
         self.shards.append(info)
+        if self._split is not None:
+            self._splits[self._split]["shards"].append(info.path)
 
     def _abort(self) -> None:
         if self._open is not None:
@@ -137,7 +152,7 @@ class ShardWriter:
             except RuntimeError as e:
                 ctx.__exit__(type(e), e, e.__traceback__)  # removes the temporary file
 
-    def manifest(self, splits: dict | None = None) -> Manifest:
+    def manifest(self) -> Manifest:
         return Manifest(
             name=self.name,
             frame_size=self._frame_size or [0, 0],
@@ -151,14 +166,17 @@ class ShardWriter:
                 "videos": len(self._videos),
                 "identities": len(self._identities),
             },
-            splits=splits or {},
+            splits={
+                name: {"shards": split["shards"], "identities": sorted(split["identities"])}
+                for name, split in self._splits.items()
+            },
         )
 
-    def close(self, splits: dict | None = None) -> Manifest:
+    def close(self) -> Manifest:
         """Finish the open shard and write the manifest; later calls return the same manifest."""
         if self._manifest is None:
             if self._open is not None:
                 self._finish_shard()
-            self._manifest = self.manifest(splits)
+            self._manifest = self.manifest()
             self._manifest.save(self.out_dir / MANIFEST_NAME)
         return self._manifest

@@ -42,7 +42,7 @@ def keys_in_tar(path: Path) -> list[str]:
 
 def _make(folder: Path, *, clips: int, shard_samples: int, seed: int, frames: int = 8, size: int = 32) -> Dataset:
     manifest = write_synthetic(folder, clips=clips, frames=frames, size=size, identities=5, seed=seed,
-                               shard_samples=shard_samples)  # fmt: skip
+                               shard_samples=shard_samples, heldout=0.0)  # fmt: skip
     keys = [k for s in manifest.shards for k in keys_in_tar(folder / s.path)]
     return Dataset(folder, manifest, keys, frames, size)
 

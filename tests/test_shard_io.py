@@ -169,10 +169,9 @@ def test_manifest_matches_files(written):
 def test_shards_roll_over_by_bytes(tmp_path):
     clips = [make_clip(1, i, 3, 4, 32) for i in range(12)]
     member_bytes = [sum(512 + -(-len(d) // 512) * 512 for _, d in c.members(len(AU_NAMES))) for c in clips]
-    # A shard is the members, 1 KiB of end-of-archive blocks, padded to 10 KiB records: with
-    # ~10 KiB clips, 50 000 bytes hold three clips (40 960 bytes as a file), not four or five.
-    max_bytes = 50_000
-    assert 3 * max(member_bytes) + 1024 <= 40960
+    # A shard is the members, 1 KiB of end-of-archive blocks, padded to 10 KiB records: a limit
+    # just above three of the largest clips so closed holds three clips or fewer, never more.
+    max_bytes = -(-(3 * max(member_bytes) + 1024) // 10240) * 10240 + 512
     with ShardWriter(tmp_path, "b", au_names=AU_NAMES, max_samples=1000, max_bytes=max_bytes) as writer:
         for clip in clips:
             writer.write(clip)
