@@ -14,7 +14,7 @@ def _synth(args) -> int:
     t0 = time.perf_counter()
     manifest = write_synthetic(
         args.out, args.clips, frames=args.frames, size=args.size, identities=args.identities,
-        seed=args.seed, shard_samples=args.shard_samples,
+        seed=args.seed, shard_samples=args.shard_samples, heldout=args.heldout,
     )  # fmt: skip
     print(f"wrote {manifest.totals} in {len(manifest.shards)} shards to {args.out} in {time.perf_counter() - t0:.1f}s")
     return 0
@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--identities", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-samples", type=int, default=100)
+    p.add_argument("--heldout", type=float, default=0.2, help="share of identities held out (split 'heldout')")
     p.set_defaults(run=_synth)
 
     p = sub.add_parser("verify", help="checksums, decode every sample, schema checks; non-zero exit if bad")

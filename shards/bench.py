@@ -6,6 +6,9 @@ For 16-frame 112 px clips, in one process and on one core (so figures are per co
 * naive: one loose JPEG file per frame opened with PIL;
 and the reader's share of the limit, bytes per clip, decoding at half scale, and resident memory
 after streaming 1,000 and 100,000 clips (resampled), which must stay flat.
+
+`--synth` instead prints how many synthetic clips (16 frames, 112 px) one core renders per
+second, and the shares of drawing (face, blur, noise) and JPEG encoding.
 Measurements alternate and the best of the repeats is kept, since the machine is shared.
 """
 
@@ -26,7 +29,7 @@ from PIL import Image
 from shards.decode import iter_groups
 from shards.format import frame_member
 from shards.stream import ClipStream
-from shards.synthetic import cached_synthetic
+from shards.synthetic import Renderer, cached_synthetic
 
 FRAMES, SIZE = 16, 112
 
@@ -89,13 +92,30 @@ def memory_after(folder: Path, checkpoints: list[int], batch: int = 64) -> list[
     return out
 
 
+def synth_rate(clips: int) -> None:
+    renderer = Renderer(seed=3, identities=1000, frames=FRAMES, size=SIZE)
+    renderer.clip(0)  # first-call costs (imports, caches) out of the timing
+    renderer.seconds = {"draw": 0.0, "encode": 0.0}
+    t0 = time.perf_counter()
+    for i in range(1, clips + 1):
+        renderer.clip(i)
+    wall = time.perf_counter() - t0
+    draw, encode = renderer.seconds["draw"], renderer.seconds["encode"]
+    print(f"synthetic clips of {FRAMES} frames at {SIZE} px, one core: {clips / wall:.1f} clips/s "
+          f"(drawing {draw / wall:.0%}, JPEG encoding {encode / wall:.0%}, other {1 - (draw + encode) / wall:.0%})")  # fmt: skip
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m shards.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--clips", type=int, default=512, help="clips in the benchmark set")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--long", type=int, default=100_000, help="clips streamed for the memory check")
+    parser.add_argument("--synth", action="store_true", help="measure the synthetic renderer instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.synth:
+        synth_rate(max(args.clips // 4, 50))
+        return
 
     folder = cached_synthetic(args.clips, frames=FRAMES, size=SIZE, identities=50, seed=1, shard_samples=128)
     clips = _load_clips(folder)

@@ -380,7 +380,7 @@ def render(ident: Identity, s: dict, pose: np.ndarray, size: int, light: dict, b
     t_mouth = au_ / c["corner_w"]
     upper_out, upper_in, lower_in, lower_out = lip_curves(c, t_mouth)
     chin_box = (au_ < 0.16) * (v > lower_out + 0.06) * (v < c["chin_y"] - 0.04)
-    dark += 0.3 * a["AU17"] * chin_box * np.clip(np.sin(u * 75) * np.sin(v * 75 + 1.3), 0, 1)  # orange-peel skin
+    dark += 0.22 * a["AU17"] * chin_box * np.clip(np.sin(u * 75) * np.sin(v * 75 + 1.3), 0, 1)  # orange-peel skin
     dark += (0.1 + 0.35 * a["AU17"]) * np.exp(-(((v - lower_out - 0.045) / 0.015) ** 2)) * (au_ < 0.12)
     dimple = np.exp(-(((au_ - c["corner_w"] - 0.035) ** 2 + (v - c["mouth_y"] - c["corner_dy"]) ** 2) / 0.0004))
     dark += 0.45 * a["AU14"] * dimple

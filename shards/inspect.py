@@ -103,7 +103,7 @@ def main(target: str, out: str | None, max_clips: int) -> int:
     if m:
         print(f"  manifest totals: {m.totals}; frame size {m.frame_size}, {m.frames_per_clip} frames per clip")
         if m.splits:
-            print("  splits: " + ", ".join(f"{k}: {len(v)} identities" for k, v in m.splits.items()))
+            print("  splits: " + ", ".join(f"{k}: {len(v['identities'])} identities in {len(v['shards'])} shards" for k, v in m.splits.items()))
     ids = stats["identities"]
     print(
         f"  scanned {stats['clips']} clips, {stats['frames']} frames, {len(stats['videos'])} videos, "
@@ -118,4 +118,41 @@ def main(target: str, out: str | None, max_clips: int) -> int:
         print("  bad: " + ", ".join(f"{k}={v}" for k, v in stats["bad"].items()))
     sheet = Path(out) if out else Path(f"{Path(target).name or 'shards'}_contact.png")
     print(f"  contact sheet: {contact_sheet(target, sheet)}")
+    if m and m.builder.get("name") == "auforge.shards.synthetic":
+        au_sheet = sheet.with_name(sheet.stem + "_aus.png")
+        print(f"  identities x AUs at apex, and one clip over time: {synthetic_sheet(m, au_sheet)}")
     return 0
+
+
+def synthetic_sheet(manifest: Manifest, out: Path, people: int = 5) -> Path:
+    """For a synthetic set: identities in rows and AUs at apex in columns (neutral first), then
+    one clip over time, rendered from the manifest's builder settings."""
+    from shards import face
+    from shards.synthetic import Renderer
+
+    settings = manifest.builder["settings"]
+    size = settings["size"]
+    renderer = Renderer(settings["seed"], settings["identities"], settings["frames"], size)
+    shown = ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU15", "AU17", "AU20", "AU25", "AU26", "AU45"]
+    intensities = np.zeros((1 + len(shown), len(face.AU_NAMES)), np.float32)
+    for row, name in enumerate(shown, start=1):
+        intensities[row, face.AU_INDEX[name]] = 5.0
+    pose = np.tile(np.array([[0.15, 0.0, 0.0, 1.0, 0.0, 0.0]], np.float32), (len(intensities), 1))
+    rows = []
+    for person in range(min(people, settings["identities"])):
+        ident, setting = renderer.person(person), renderer.setting(person, 0)
+        img = face.render(ident, face.face_state(ident, intensities), pose, size, setting["light"], setting["background"])
+        rows.append(np.concatenate(list(np.clip(img, 0, 255).astype(np.uint8)), axis=1))
+    clip = renderer.frames_and_labels(0)[0]
+    picks = np.linspace(0, len(clip) - 1, len(intensities)).round().astype(int)
+    rows.append(np.concatenate(list(clip[picks]), axis=1))
+    grid = np.concatenate(rows, axis=0)
+    caption = 16
+    sheet = Image.new("RGB", (grid.shape[1], grid.shape[0] + caption), (255, 255, 255))
+    sheet.paste(Image.fromarray(grid), (0, caption))
+    draw = ImageDraw.Draw(sheet)
+    for col, name in enumerate(["neutral"] + shown):
+        draw.text((col * size + 2, 2), name, fill=(0, 0, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
