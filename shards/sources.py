@@ -7,6 +7,7 @@ a manifest is known, per-shard sample counts come with the URLs (exact mode need
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,7 @@ def resolve(spec, split: str | None = None) -> list[ShardSource]:
             resolve_one(s["source"], float(s.get("weight", 1.0)), s.get("name", ""), s.get("split", split))
             for s in spec
         ]
-        if any(s.weight <= 0 for s in sources):
-            raise ValueError("mixture weights must be positive")
+        if any(not math.isfinite(s.weight) or s.weight <= 0 for s in sources):
+            raise ValueError(f"mixture weights must be positive and finite, got {[s.weight for s in sources]}")
         return sources
     return [resolve_one(spec, split=split)]

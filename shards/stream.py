@@ -41,6 +41,7 @@ from shards.sources import ShardSource, resolve
 log = logging.getLogger("shards.stream")
 MODES = ("resampled", "exact")
 LOGGED_PER_KIND = 5  # per worker; the summary counts the rest
+MAX_SKIPPED_IN_A_ROW = 1000
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -241,11 +242,15 @@ class _WorkerStream(IterableDataset):
         batches = state["batches"] if state else 0
         while True:
             batch = self._new_batch()
-            filled = 0
+            filled = skipped = 0
             while filled < cfg.batch_size:
                 which = int(rng.choice(len(pickers), p=weights)) if len(pickers) > 1 else 0
                 group, url = pickers[which].next()
-                filled += self._put(batch, filled, group, url, rng, errors)
+                good = self._put(batch, filled, group, url, rng, errors)
+                filled += good
+                skipped = 0 if good else skipped + 1
+                if skipped > MAX_SKIPPED_IN_A_ROW:  # all bad, not some: say so rather than spin
+                    raise RuntimeError(f"{skipped} bad samples in a row, last in {url}: {dict(errors.counts)}")
             batches += 1
             report = WorkerReport(
                 logical,
@@ -261,9 +266,6 @@ class _WorkerStream(IterableDataset):
     # -- exact ---------------------------------------------------------------------------------
     def _exact(self, logical: int, state: dict | None) -> Iterator:
         cfg = self.cfg
-        missing = [s.name or s.urls[0] for s in self.sources if s.samples is None]
-        if missing:
-            raise ValueError(f"exact mode needs per-shard sample counts (a manifest) for: {', '.join(missing)}")
         counts = [n for s in self.sources for n in s.samples]
         ranges, per = exact_ranges(counts, cfg.world * cfg.workers)
         start, stop = ranges[cfg.rank * cfg.workers + logical]
@@ -399,7 +401,13 @@ class ClipStream:
         for m in manifests:
             if m.au_names and m.au_names != au_names:
                 raise ValueError(f"sources disagree on AU names: {m.name} has {m.au_names}, another {au_names}")
-        size = tuple(manifests[0].frame_size) if manifests else self._probe_size()
+        if manifests:
+            size = tuple(manifests[0].frame_size)
+        else:  # no manifest: the first readable clip tells the frame size and the AU count
+            size, n_aus = self._probe()
+            au_names = [f"au{i}" for i in range(n_aus)]
+        if mode == "exact" and (missing := [s.name or s.urls[0] for s in self.sources if s.samples is None]):
+            raise ValueError(f"exact mode needs per-shard sample counts (a manifest) for: {', '.join(missing)}")
         if scale is None:  # decode no larger than the resize needs: DCT scaling is nearly free
             scale = dct_scale_for(size, resize) if resize else 1
         self.cfg = StreamConfig(
@@ -418,16 +426,18 @@ class ClipStream:
         self._states: dict[int, dict] = {}
         self.epoch_done = False
 
-    def _probe_size(self) -> tuple[int, int]:
-        """Frame size from the first readable sample, for sources without a manifest."""
+    def _probe(self) -> tuple[tuple[int, int], int]:
+        """Frame size and AU count of the first readable sample, for sources without a manifest."""
         from shards.decode import metadata_of
+        from shards.format import load_npy
 
         for source in self.sources:
             for url in source.urls[:8]:
                 try:
                     for group in iter_groups(url):
-                        return tuple(metadata_of(group)["size"])
-                except BadSample:
+                        n_aus = load_npy(group["au.npy"]).shape[1] if "au.npy" in group else 0
+                        return tuple(metadata_of(group)["size"]), n_aus
+                except (BadSample, ValueError, IndexError):
                     continue
         raise ValueError(f"no readable sample in the first shards of {self.sources[0].urls[0]}")
 
