@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import json
 import math
 import shutil
@@ -27,20 +26,8 @@ from shards.decode import iter_groups, metadata_of
 from shards.manifest import Manifest
 from shards.sources import resolve
 from shards.stream import ClipStream
+from stream_helpers import take, valid_keys
 from shards.synthetic import write_synthetic
-
-
-def valid_keys(batches) -> list[str]:
-    return [k for b in batches for k, ok in zip(b.keys, b.valid.tolist()) if ok]
-
-
-def take(stream: ClipStream, n: int) -> list:
-    """The first n batches of a fresh iteration; closes the iterator (and its workers)."""
-    it = iter(stream)
-    try:
-        return list(itertools.islice(it, n))
-    finally:
-        it.close()
 
 
 def exact(source, **kw) -> ClipStream:

@@ -4,7 +4,6 @@ and bad data that is skipped and counted without stopping the stream."""
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import shutil
 import tarfile
@@ -16,19 +15,7 @@ import torch
 
 from shards.decode import iter_groups, metadata_of
 from shards.stream import ClipStream
-
-
-def valid_keys(batches) -> list[str]:
-    return [k for b in batches for k, ok in zip(b.keys, b.valid.tolist()) if ok]
-
-
-def take(stream: ClipStream, n: int) -> list:
-    """The first n batches of a fresh iteration; closes the iterator (and its workers)."""
-    it = iter(stream)
-    try:
-        return list(itertools.islice(it, n))
-    finally:
-        it.close()
+from stream_helpers import take, valid_keys
 
 
 def signature(batch) -> tuple:
