@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import tarfile
+from pathlib import Path
 
+from shards.decode import iter_groups, metadata_of
+from shards.manifest import Manifest
 from shards.stream import ClipStream
 
 
@@ -19,3 +24,26 @@ def take(stream: ClipStream, n: int) -> list:
         return list(itertools.islice(it, n))
     finally:
         it.close()
+
+
+def stored_frame_index(folder: Path) -> dict[str, list[int]]:
+    """Key -> the frame_index its metadata lists, read without the stream."""
+    out = {}
+    for shard in Manifest.load(folder).shards:
+        for group in iter_groups(str(folder / shard.path)):
+            out[group["__key__"]] = metadata_of(group)["frame_index"]
+    return out
+
+
+def read_members(path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+
+
+def write_members(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """A plain USTAR tar of (name, bytes), as a corrupted or hand-made shard."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

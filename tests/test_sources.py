@@ -4,7 +4,6 @@ missing shards; temporal sampling and reduced-size decoding; `ClipBatch` helpers
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import shutil
@@ -17,16 +16,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from shards.batch import ClipBatch
-from shards.decode import iter_groups, metadata_of
-from shards.manifest import Manifest
 from shards.sources import resolve
 from shards.stream import ClipStream
-from stream_helpers import take, valid_keys
+from stream_helpers import stored_frame_index, take, valid_keys, write_members
 from shards.synthetic import write_synthetic
 
 
@@ -55,23 +51,6 @@ def deadline(seconds: float, what: str, detail=lambda: ""):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-def stored_frame_index(folder: Path) -> dict[str, list[int]]:
-    """Key -> the frame_index its metadata lists, read without the stream."""
-    out = {}
-    for shard in Manifest.load(folder).shards:
-        for group in iter_groups(str(folder / shard.path)):
-            out[group["__key__"]] = metadata_of(group)["frame_index"]
-    return out
-
-
-def write_members(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ and bad data that is skipped and counted without stopping the stream."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import tarfile
@@ -13,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shards.decode import iter_groups, metadata_of
 from shards.stream import ClipStream
-from stream_helpers import take, valid_keys
+from stream_helpers import read_members, stored_frame_index, take, valid_keys, write_members
 
 
 def signature(batch) -> tuple:
@@ -90,11 +88,8 @@ def test_resampled_seed_and_rank_change_the_sequence(synth40):
     # the two workers of a rank do not replay each other (batches alternate between workers)
     assert base[0::2] != base[1::2]
     # the frames within a clip are sampled too (8 stored, 4 taken): starts vary
-    first_stored = {}
-    for path in synth40.shard_paths:
-        for group in iter_groups(str(path)):
-            first_stored[group["__key__"]] = metadata_of(group)["frame_index"][0]
-    starts = {fi[0] - first_stored[key] for s in base for key, fi in zip(s[0], s[1])}
+    stored = stored_frame_index(synth40.folder)
+    starts = {fi[0] - stored[key][0] for s in base for key, fi in zip(s[0], s[1])}
     assert len(starts) > 1 and all(0 <= s <= 4 for s in starts)
 
 
@@ -144,19 +139,6 @@ def test_load_state_from_another_setup_is_refused(synth40):
 
 
 # -- 6. bad data ----------------------------------------------------------------------------------
-
-
-def read_members(path: Path) -> list[tuple[str, bytes]]:
-    with tarfile.open(path) as tar:
-        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
-
-
-def write_members(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def edit_members(path: Path, edit) -> None:
