@@ -147,14 +147,14 @@ def face_state(ident: Identity, au: np.ndarray) -> dict:
         "chin_y": g["chin_y"] + jaw - 0.035 * a["AU17"],
         # eyes: upper lid rises with 5, lower lids rise with 6 and 7, both close in a blink
         "lid_up": g["eye_h"] * (1 + 0.65 * a["AU5"] - 0.15 * a["AU7"] - 0.1 * a["AU6"]) * (1 - 0.95 * a["AU45"]),
-        "lid_lo": g["eye_h"] * 0.8 * (1 - 0.5 * a["AU7"] - 0.4 * a["AU6"]) * (1 - 0.9 * a["AU45"]),
+        "lid_lo": g["eye_h"] * 0.8 * np.maximum(0.1, 1 - 0.8 * a["AU7"] - 0.75 * a["AU6"]) * (1 - 0.9 * a["AU45"]),
         # brows: inner raise (1), outer raise (2), lower and draw together (4), a little with 9
-        "brow_inner_dy": -0.085 * a["AU1"] + 0.05 * a["AU4"] + 0.02 * a["AU9"],
+        "brow_inner_dy": -0.085 * a["AU1"] + 0.05 * a["AU4"] + 0.012 * a["AU9"],
         "brow_outer_dy": -0.085 * a["AU2"] + 0.025 * a["AU4"],
         "brow_inner_dx": -0.045 * a["AU4"],
         "wing_dy": -0.035 * a["AU9"] - 0.015 * a["AU10"],
         # mouth corners: half-width and vertical offset from the mouth line
-        "corner_w": g["mouth_w"] * (1 + 0.2 * a["AU12"] + 0.28 * a["AU20"] - 0.13 * a["AU14"]
+        "corner_w": g["mouth_w"] * (1 + 0.2 * a["AU12"] + 0.28 * a["AU20"] - 0.18 * a["AU14"]
                                     - 0.17 * a["AU23"] - 0.06 * a["AU24"]),  # fmt: skip
         "corner_dy": -0.075 * a["AU12"] + 0.06 * a["AU15"] + 0.02 * a["AU20"] + 0.35 * jaw,
         "mouth_y": g["mouth_y"] + 0.3 * jaw * (1 - lips_apart) - 0.02 * a["AU17"],
@@ -369,7 +369,7 @@ def render(ident: Identity, s: dict, pose: np.ndarray, size: int, light: dict, b
     theta = np.arctan2(v - g["eye_y"], au_ - corner_x)
     dark += 0.3 * wr * a["AU6"] * crow * np.square(np.clip(np.sin(theta * 14), 0, 1))
     bridge = (au_ < 0.075) * (v > g["eye_y"]) * (v < g["eye_y"] + 0.16)
-    dark += 0.35 * a["AU9"] * bridge * np.square(np.clip(np.sin((v - g["eye_y"]) * (2 * np.pi / 0.05)), 0, 1))
+    dark += 0.55 * a["AU9"] * bridge * np.square(np.clip(np.sin((v - g["eye_y"]) * (2 * np.pi / 0.05)), 0, 1))
     # nasolabial fold: from the nose wing to just outside the lip corner
     top_y, top_x = g["nose_y"] + c["wing_dy"], g["nose_w"] * 1.15
     bottom_y, bottom_x = c["mouth_y"] + c["corner_dy"] + 0.05, c["corner_w"] + 0.06
@@ -382,8 +382,8 @@ def render(ident: Identity, s: dict, pose: np.ndarray, size: int, light: dict, b
     chin_box = (au_ < 0.16) * (v > lower_out + 0.06) * (v < c["chin_y"] - 0.04)
     dark += 0.22 * a["AU17"] * chin_box * np.clip(np.sin(u * 75) * np.sin(v * 75 + 1.3), 0, 1)  # orange-peel skin
     dark += (0.1 + 0.35 * a["AU17"]) * np.exp(-(((v - lower_out - 0.045) / 0.015) ** 2)) * (au_ < 0.12)
-    dimple = np.exp(-(((au_ - c["corner_w"] - 0.035) ** 2 + (v - c["mouth_y"] - c["corner_dy"]) ** 2) / 0.0004))
-    dark += 0.45 * a["AU14"] * dimple
+    dimple = np.exp(-(((au_ - c["corner_w"] - 0.04) ** 2 + (v - c["mouth_y"] - c["corner_dy"]) ** 2) / 0.0012))
+    dark += 0.5 * a["AU14"] * dimple
     # cheeks: raised by 6 (a highlight on the cheek ball)
     cheek = np.exp(-(((au_ - g["eye_x"]) ** 2 + (v - g["eye_y"] - 0.2 + 0.04 * a["AU6"]) ** 2) / 0.012))
     light_skin = shade * (1 + _sample(ident.texture, u, v)) * (1 - dark) * (1 + 0.12 * a["AU6"] * cheek)

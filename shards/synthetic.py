@@ -58,7 +58,7 @@ SOLO = {"AU1": 0.08, "AU2": 0.05, "AU4": 0.06, "AU5": 0.02, "AU6": 0.05, "AU7": 
         "AU10": 0.35, "AU12": 0.12, "AU14": 0.18, "AU15": 0.08, "AU17": 0.18, "AU20": 0.02,
         "AU23": 0.06, "AU24": 0.05, "AU25": 0.1, "AU26": 0.06}  # fmt: skip
 TALKING = 0.25  # share of clips with talking-like mouth motion
-BLINK = 0.35  # chance of a blink within a clip
+BLINKS_PER_SECOND = 0.3
 
 
 def _envelope(rng, frames: int) -> np.ndarray:
@@ -97,7 +97,7 @@ def au_track(rng, person: Identity, frames: int) -> np.ndarray:
         wave = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 2 * np.pi))
         track[:, AU_INDEX["AU25"]] = np.maximum(track[:, AU_INDEX["AU25"]], 1.2 + 2.0 * wave)
         track[:, AU_INDEX["AU26"]] = np.maximum(track[:, AU_INDEX["AU26"]], 2.6 * wave**1.5)
-    if rng.random() < BLINK:
+    if rng.random() < 1 - np.exp(-BLINKS_PER_SECOND * frames / FPS):  # the same rate whatever the clip length
         mid, half = rng.uniform(0, frames), rng.uniform(1.2, 2.5)
         blink = np.clip(1 - np.abs(np.arange(frames) - mid) / half, 0, 1)
         track[:, AU_INDEX["AU45"]] = 5 * blink

@@ -1,0 +1,28 @@
+"""`python -m pretrain [hydra overrides]` (also under torchrun, the deepspeed launcher and SLURM)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+
+from pretrain.config import register
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+register()
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base=None)
+def main(cfg) -> None:
+    from pretrain.train import fit
+
+    fit(cfg)
+
+
+if __name__ == "__main__":
+    if int(os.environ.get("RANK", "0")) != 0:
+        # One rank writes the run's config and log file; the others only print.
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    main()

@@ -1,0 +1,140 @@
+"""The pretraining config schema (Hydra structured configs, struct mode: a misspelt key is an error).
+
+`configs/pretrain.yaml` picks one file of each group (`data/`, `model/`, `objective/`,
+`deepspeed/`, optionally `experiment/`) and the schema below types the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+
+@dataclass
+class SyntheticConfig:
+    """Arguments of `shards.synthetic.cached_synthetic`: used when `data.source` is null."""
+
+    _target_: str = "shards.synthetic.cached_synthetic"
+    clips: int = 1200
+    frames: int = 16
+    size: int = 112
+    identities: int = 120
+    seed: int = 0
+    shard_samples: int = 200
+    heldout: float = 0.25
+
+
+@dataclass
+class DataConfig:
+    source: Optional[str] = None  # manifest, folder, brace pattern or URL list; null: synthetic
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    train_split: Optional[str] = "train"  # manifest split to pretrain on (null: all shards)
+    eval_split: Optional[str] = "heldout"  # identities unseen in pretraining, for the probes
+    frames: int = 8  # T per clip
+    stride: int = 2
+    resize: Optional[int] = 56  # frames are resized to this square side in the workers
+    num_workers: int = 2
+    slots: int = 4
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"  # any timm architecture
+    embed_dim: int = 128  # AU embedding
+    temporal: str = "conv"  # conv | gru | transformer | none
+    drop_path: float = 0.0
+    channels_last: bool = True
+    compile: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3  # peak, for the global batch of `lr_batch` clips; scaled linearly
+    lr_batch: int = 256
+    min_lr_ratio: float = 0.01
+    warmup_steps: int = 30
+    weight_decay: float = 0.05  # not applied to norms and biases
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+
+@dataclass
+class DeepSpeedConfig:
+    stage: int = 0  # ZeRO stage 0 (plain data parallel), 1 or 2
+    bf16: bool = True  # on GPUs; the CPU always trains in fp32
+    overlap_comm: bool = True
+    bucket_mb: int = 50
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 16  # clips per rank and micro-step
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep: int = 2  # checkpoints kept
+    eval_every: int = 0  # 0: evaluate at the end only
+    run_dir: str = "runs/pretrain"
+    publish_name: str = "auforge-pretrain"
+    augment: bool = True
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    probe_clips: int = 240  # labelled training-split clips the probes learn from
+    frames: int = 4  # frames per clip for the probes
+    knn_k: int = 20
+    random_baseline: bool = True  # also probe the same backbone at random initialisation
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objectives: dict[str, Any] = field(default_factory=dict)  # name -> {weight, ...its arguments}
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
+
+
+# Keys that may change between a run and its resumption without changing what it computes.
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.ckpt_every", "train.keep", "train.eval_every",
+                     "train.run_dir", "train.publish_name", "eval", "data.num_workers")  # fmt: skip
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def resume_view(cfg) -> dict[str, Any]:
+    """The flattened config entries that a resumed run must share with the run it continues."""
+    flat = _flatten(OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg)
+    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)}
+
+
+def digest(view: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def resume_conflicts(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Human-readable differences that forbid resuming: 'key: saved -> now'."""
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in keys if saved.get(k) != now.get(k)]

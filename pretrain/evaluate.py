@@ -1,0 +1,58 @@
+"""Probes of a frozen encoder during and after pretraining.
+
+* AU linear probe and kNN probe: learn AU occurrence from labelled clips of the training split's
+  identities and test on the held-out identities (subject-exclusive), on the backbone's pooled
+  features: what a published backbone gives a user.
+* Identity leakage: how well a linear classifier tells the held-out people apart from the frozen
+  AU embedding (lower is more person-independent), with chance beside it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from finetune.probe import identity_probe, knn_probe, linear_probe
+from shards.stream import ClipStream
+
+
+@torch.no_grad()
+def extract(encoder, source, split: str | None, clips: int | None, frames: int, resize: int | None,
+            mean, std, device, batch_size: int = 32) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per-frame backbone features, AU embeddings, AU occurrence labels and identities of the
+    first `clips` clips of a split (all when None), read once in manifest order."""
+    stream = ClipStream(source, split=split, frames=frames, stride=1, batch_size=batch_size, mode="exact",
+                        resize=resize, rank=0, world=1, num_workers=0)  # fmt: skip
+    n_batches = len(stream) if clips is None else min(len(stream), -(-clips // batch_size))
+    out = {"features": [], "au": [], "occ": [], "identity": []}
+    was_training = encoder.training
+    encoder.eval()
+    for batch in itertools.islice(stream, n_batches):
+        keep = batch.valid
+        x = batch.to(device).normalized_frames(mean, std)[keep.to(device)]
+        encoded = encoder(x)
+        t = x.shape[1]
+        out["features"].append(encoded["features"].flatten(0, 1).float().cpu())
+        out["au"].append(encoded["au"].flatten(0, 1).float().cpu())
+        out["occ"].append(batch.au_occ[keep].flatten(0, 1))
+        out["identity"].append(batch.identity[keep].repeat_interleave(t))
+    encoder.train(was_training)
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def probe_encoder(encoder, cfg, source, mean, std, device) -> dict[str, float]:
+    """The three probes on one encoder, as flat numbers for logging."""
+    ev, data = cfg.eval, cfg.data
+    train = extract(encoder, source, data.train_split, ev.probe_clips, ev.frames, data.resize, mean, std, device)
+    test = extract(encoder, source, data.eval_split, None, ev.frames, data.resize, mean, std, device)
+    linear = linear_probe(train["features"], train["occ"], test["features"], test["occ"], seed=cfg.train.seed)
+    knn = knn_probe(train["features"], train["occ"], test["features"], test["occ"], k=ev.knn_k)
+    leak = identity_probe(test["au"], test["identity"], seed=cfg.train.seed)
+    return {
+        "probe/linear_f1": float(linear["mean_f1"]),
+        "probe/knn_f1": float(knn["mean_f1"]),
+        "probe/identity_acc": float(leak["accuracy"]),
+        "probe/identity_chance": float(leak["chance"]),
+    }

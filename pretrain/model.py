@@ -1,0 +1,106 @@
+"""`ClipEncoder`: a timm frame backbone, an AU projection head and a temporal module over clips.
+
+Only the backbone is published (its state dict has exactly timm's keys); the heads serve the
+objectives. The temporal module mixes frame embeddings along time:
+
+* `conv` (default): two residual temporal convolutions (kernel 3) over the frame embeddings:
+  local in time like AU dynamics (onsets and offsets last a few frames), cheap, and any clip
+  length works;
+* `gru`: a bidirectional GRU, for longer-range order;
+* `transformer`: two pre-norm self-attention layers with learned time offsets;
+* `none`: the clip embedding is the mean of its frames.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TemporalConv(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(dim, dim, 3, padding=1), nn.GroupNorm(1, dim), nn.GELU()) for _ in range(2)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D]
+        h = x.transpose(1, 2)
+        for layer in self.layers:
+            h = h + layer(h)
+        return h.transpose(1, 2)
+
+
+class TemporalGRU(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gru = nn.GRU(dim, dim // 2, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gru(x)[0]
+
+
+class TemporalTransformer(nn.Module):
+    def __init__(self, dim: int, max_frames: int = 64):
+        super().__init__()
+        self.time = nn.Parameter(torch.zeros(max_frames, dim))
+        layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=2 * dim, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x + self.time[: x.shape[1]])
+
+
+TEMPORAL = {"conv": TemporalConv, "gru": TemporalGRU, "transformer": TemporalTransformer, "none": None}
+
+
+def backbone_args(arch: str, image_size: int | None) -> dict:
+    """timm arguments the published config must repeat: transformers are built for their input size."""
+    if image_size is not None and any(k in arch for k in ("vit", "deit", "swin", "eva", "beit")):
+        return {"img_size": image_size}
+    return {}
+
+
+class ClipEncoder(nn.Module):
+    """Frames [B, T, 3, H, W] (normalised) -> frame features, AU embeddings, clip embedding."""
+
+    def __init__(self, arch: str, embed_dim: int = 128, temporal: str = "conv", image_size: int | None = None,
+                 drop_path: float = 0.0, channels_last: bool = True):  # fmt: skip
+        super().__init__()
+        if temporal not in TEMPORAL:
+            raise ValueError(f"temporal module must be one of {sorted(TEMPORAL)}, got {temporal!r}")
+        extra = {"drop_path_rate": drop_path} if drop_path else {}
+        self.arch, self.model_args = arch, backbone_args(arch, image_size)
+        self.backbone = timm.create_model(arch, pretrained=False, num_classes=0, **self.model_args, **extra)
+        self.num_features = self.backbone.num_features
+        self.au_head = nn.Sequential(
+            nn.Linear(self.num_features, self.num_features), nn.GELU(), nn.Linear(self.num_features, embed_dim)
+        )
+        self.temporal = TEMPORAL[temporal](embed_dim) if TEMPORAL[temporal] else None
+        self.channels_last = channels_last
+
+    def frame_features(self, frames: torch.Tensor, feature_map: bool = False):
+        """Pooled backbone features [B, T, F] (and the last feature map when asked)."""
+        b, t = frames.shape[:2]
+        x = frames.flatten(0, 1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        fmap = self.backbone.forward_features(x)
+        pooled = self.backbone.forward_head(fmap, pre_logits=True).view(b, t, -1)
+        return (pooled, fmap) if feature_map else pooled
+
+    def embed_clip(self, au: torch.Tensor) -> torch.Tensor:
+        """Clip embedding [B, D] from AU embeddings [B, T, D] through the temporal module."""
+        h = self.temporal(au) if self.temporal is not None else au
+        return h.mean(dim=1)
+
+    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.frame_features(frames)
+        au = self.au_head(features)
+        return {"features": features, "au": au, "clip": self.embed_clip(au)}
+
+
+def l2n(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1)

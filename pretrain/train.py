@@ -1,0 +1,263 @@
+"""The pretraining loop on a DeepSpeed engine: stream, views, objectives, checkpoints, probes,
+publishing. One code path for one CPU process, torchrun, the deepspeed launcher and SLURM."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from pretrain import distributed
+from pretrain.augment import make_views, step_generator
+from pretrain.checkpoint import Checkpointer
+from pretrain.config import resume_view
+from pretrain.model import ClipEncoder
+from pretrain.objectives import PretrainModel, build_objectives
+from shards.manifest import Manifest
+from shards.stream import ClipStream
+
+log = logging.getLogger("pretrain")
+
+
+def lr_at(step: int, cfg, global_batch: int) -> float:
+    """Linear warmup to the peak (scaled by the global batch), then cosine decay: step alone decides."""
+    o = cfg.optim
+    peak = o.lr * global_batch / o.lr_batch
+    if step <= o.warmup_steps:
+        return peak * step / max(1, o.warmup_steps)
+    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.train.steps - o.warmup_steps))
+    return peak * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: norms, biases and other vectors are left alone."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def deepspeed_config(cfg, cuda: bool) -> dict:
+    bucket = int(cfg.deepspeed.bucket_mb * 1e6)
+    return {
+        "train_micro_batch_size_per_gpu": cfg.train.batch_size,
+        "gradient_accumulation_steps": cfg.optim.grad_accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.deepspeed.stage, "overlap_comm": cfg.deepspeed.overlap_comm and cuda,
+                              "reduce_bucket_size": bucket, "allgather_bucket_size": bucket},  # fmt: skip
+        "bf16": {"enabled": bool(cfg.deepspeed.bf16 and cuda)},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+    }
+
+
+def data_source(cfg, rank: int) -> str:
+    """The shard set: the configured source, or the synthetic set (made by rank 0, once)."""
+    if cfg.data.source is not None:
+        return str(cfg.data.source)
+    if rank == 0:
+        folder = str(instantiate(cfg.data.synthetic))
+    distributed.barrier()
+    return str(instantiate(cfg.data.synthetic)) if rank != 0 else folder
+
+
+def build_encoder(cfg, image_size: int) -> ClipEncoder:
+    torch.manual_seed(cfg.train.seed)  # every rank starts from the same weights
+    m = cfg.model
+    return ClipEncoder(m.arch, m.embed_dim, m.temporal, image_size, m.drop_path, m.channels_last)
+
+
+class Run:
+    """Everything one rank holds for a run."""
+
+    def __init__(self, cfg):
+        import deepspeed
+
+        self.cfg = cfg
+        self.rank, self.world, self.device = distributed.init()
+        self.run_dir = Path(cfg.train.run_dir)
+        self.source = data_source(cfg, self.rank)
+        manifest = Manifest.load(self.source) if Path(self.source).exists() else None
+        size = cfg.data.resize or (manifest.frame_size[0] if manifest else 112)
+        self.image_size = size
+        self.stream = ClipStream(
+            self.source, split=cfg.data.train_split, frames=cfg.data.frames, stride=cfg.data.stride,
+            batch_size=cfg.train.batch_size, mode="resampled", seed=cfg.train.seed, num_workers=cfg.data.num_workers,
+            slots=cfg.data.slots, resize=cfg.data.resize, rank=self.rank, world=self.world,
+        )  # fmt: skip
+        encoder = build_encoder(cfg, size)
+        self.mean, self.std = encoder.backbone.pretrained_cfg["mean"], encoder.backbone.pretrained_cfg["std"]
+        objectives, weights = build_objectives(OmegaConf.to_container(cfg.objectives, resolve=True), cfg.model.embed_dim)
+        # Inputs go channels-last (ClipEncoder); weights stay contiguous, as DeepSpeed's
+        # broadcasts and ZeRO's flat buffers need.
+        model = PretrainModel(encoder, objectives, weights).to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=0.0,
+                                           betas=tuple(cfg.optim.betas))  # fmt: skip
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=self.optimizer, config=deepspeed_config(cfg, self.device.type == "cuda")
+        )
+        self.global_batch = cfg.train.batch_size * self.world * cfg.optim.grad_accum
+        self.view_length = max(2, (cfg.data.frames * 3) // 4)
+        self.ckpt = Checkpointer(self.run_dir, cfg.train.keep, self.rank, resume_view(cfg))
+        self.step, self.samples = 0, 0
+        state = self.ckpt.resume(self.engine)
+        if state is not None:
+            self.step, self.samples = state["step"], state["samples"]
+            self.stream.load_state_dict(state["stream"])
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    @property
+    def model(self) -> PretrainModel:
+        return self.engine.module
+
+    def rank_state(self) -> dict:
+        return {"step": self.step, "samples": self.samples, "stream": self.stream.state_dict()}
+
+    def train_step(self, batches) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches; returns losses and timings."""
+        cfg, times = self.cfg, {"data": 0.0, "forward": 0.0, "objectives": 0.0, "backward": 0.0, "optimizer": 0.0}
+        lr = lr_at(self.step + 1, cfg, self.global_batch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logged: dict[str, float] = {}
+        for micro in range(cfg.optim.grad_accum):
+            t0 = time.perf_counter()
+            batch = next(batches).to(self.device)
+            t1 = time.perf_counter()
+            g = step_generator(cfg.train.seed, self.step + 1, self.rank, micro, self.device)
+            views = make_views(batch.frames, batch.frame_index, self.mean, self.std, g, self.view_length,
+                               cfg.train.augment)  # fmt: skip
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.engine.bfloat16_enabled()):
+                encoded = self.model.encode(views)
+                t2 = time.perf_counter()
+                total, losses = self.model.objectives_loss(batch, encoded)
+            t3 = time.perf_counter()
+            self.engine.backward(total)
+            t4 = time.perf_counter()
+            self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
+            t5 = time.perf_counter()
+            for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                times[key] += dt
+            for name, value in {"loss": total, **losses}.items():
+                logged[name] = logged.get(name, 0.0) + float(value.detach()) / cfg.optim.grad_accum
+            self.samples += len(batch) * self.world
+        self.step += 1
+        return {**logged, "lr": lr, **{f"time/{k}": v for k, v in times.items()}}
+
+    def save(self) -> None:
+        self.ckpt.save(self.engine, self.step, self.rank_state())
+
+    def evaluate(self) -> dict[str, float]:
+        """Probes on rank 0 (the labelled evaluation sets are small); every rank waits."""
+        from pretrain.evaluate import probe_encoder
+
+        results = {}
+        if self.rank == 0 and self.cfg.eval.enabled:
+            results = probe_encoder(self.model.encoder, self.cfg, self.source, self.mean, self.std, self.device)
+        distributed.barrier()
+        return results
+
+    def log(self, record: dict, writer) -> None:
+        if self.rank != 0:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({"step": self.step, **record}) + "\n")
+        if writer is not None:
+            for key, value in record.items():
+                writer.add_scalar(key, value, self.step)
+
+
+def code_version() -> str:
+    from importlib.metadata import version
+
+    commit = ""
+    try:
+        import subprocess
+
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"auforge {version('auforge')}" + (f" ({commit})" if commit else "")
+
+
+def publish(run: Run, results: dict) -> Path:
+    from pretrain.publish import backbone_config, backbone_state, write_backbone
+
+    cfg = run.cfg
+    manifest = Manifest.load(run.source) if Path(run.source).exists() else None
+    auforge = {
+        "objectives": OmegaConf.to_container(cfg.objectives, resolve=True),
+        "data": {"source": run.source, "split": cfg.data.train_split,
+                 "manifest_digest": manifest.digest() if manifest else None},  # fmt: skip
+        "steps": run.step,
+        "samples_seen": run.samples,
+        "code_version": code_version(),
+        "evaluation": results,
+    }
+    config = backbone_config(run.model.encoder, run.image_size, run.mean, run.std, auforge)
+    state = backbone_state(run.model.encoder.backbone)
+    return write_backbone(run.run_dir / "published", cfg.train.publish_name, state, config, overwrite=True)
+
+
+def fit(cfg) -> dict:
+    """Train to `train.steps` (resuming from the run directory), then probe and publish."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    run = Run(cfg)
+    lead = run.rank == 0
+    writer = SummaryWriter(str(run.run_dir / "tb")) if lead else None
+    bar = tqdm(total=cfg.train.steps, initial=run.step, disable=not lead, dynamic_ncols=True, desc="pretrain")
+    batches = iter(run.stream)
+    while run.step < cfg.train.steps:
+        t0 = time.perf_counter()
+        record = run.train_step(batches)
+        wall = time.perf_counter() - t0
+        record["throughput/clips_per_s"] = run.global_batch / wall
+        record["time/data_share"] = record["time/data"] / wall
+        run.log(record, writer)
+        if run.step % cfg.train.log_every == 0 or run.step == cfg.train.steps:
+            shown = distributed.all_reduce_mean({k: v for k, v in record.items() if "/" not in k}, run.device)
+            bar.set_postfix({**{k: f"{v:.4g}" for k, v in shown.items() if k != "lr"},
+                             "clips/s": f"{record['throughput/clips_per_s']:.0f}",
+                             "data": f"{record['time/data_share']:.0%}"})  # fmt: skip
+        bar.update(1)
+        if run.step % cfg.train.ckpt_every == 0 or run.step == cfg.train.steps:
+            run.save()
+        if cfg.train.eval_every and run.step % cfg.train.eval_every == 0 and run.step < cfg.train.steps:
+            run.log(run.evaluate(), writer)
+    bar.close()
+    run.stream.log_summary()
+    results = run.evaluate()
+    if lead and results and cfg.eval.random_baseline:
+        from pretrain.evaluate import probe_encoder
+
+        baseline = build_encoder(cfg, run.image_size).to(run.device)
+        results.update({f"random_init/{k.split('/', 1)[1]}": v for k, v in
+                        probe_encoder(baseline, cfg, run.source, run.mean, run.std, run.device).items()})  # fmt: skip
+    run.log(results, writer)
+    if lead:
+        folder = publish(run, results)
+        print(summary(run, results, folder), flush=True)
+        writer.close()
+    distributed.barrier()
+    return results
+
+
+def summary(run: Run, r: dict, folder: Path) -> str:
+    lines = [f"pretrained {run.cfg.model.arch} for {run.step} steps ({run.samples} clips); published {folder}"]
+    if r:
+        lines.append("probes on held-out identities      pretrained   random init")
+        for key, label in (("linear_f1", "AU linear-probe mean F1"), ("knn_f1", "AU kNN-probe mean F1"),
+                           ("identity_acc", "identity from AU embedding (acc)")):  # fmt: skip
+            lines.append(f"  {label:<33} {r.get('probe/' + key, float('nan')):10.3f} {r.get('random_init/' + key, float('nan')):12.3f}")
+        lines.append(f"  identity chance level             {r['probe/identity_chance']:10.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""`python -m pretrain` end to end, with the real tools: DeepSpeed on gloo, torchrun with two
+ranks, runs killed with SIGKILL and resumed, a corrupted checkpoint, a refused config change."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from safetensors.torch import load_file
+
+from pretrain.config import register
+
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny run: ResNet-18 at 32 px, 4-frame clips, batches of 4, on a small synthetic set.
+TINY = [
+    "data.synthetic.clips=48", "data.synthetic.identities=8", "data.synthetic.frames=6", "data.synthetic.size=32",
+    "data.synthetic.shard_samples=12", "data.frames=4", "data.stride=1", "data.resize=32", "data.num_workers=2",
+    "train.batch_size=4", "train.ckpt_every=3", "train.keep=2", "optim.warmup_steps=2", "eval.enabled=false",
+]  # fmt: skip
+
+
+def env(cache: Path) -> dict:
+    return {**os.environ, "AUFORGE_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def command(run_dir: Path, steps: int, ranks: int, extra=()) -> list[str]:
+    args = [f"train.run_dir={run_dir}", f"train.steps={steps}", *TINY, *extra]
+    if ranks == 1:
+        return [sys.executable, "-m", "pretrain", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+            str(_port()), "-m", "pretrain", *args]  # fmt: skip
+
+
+def _port() -> int:
+    from pretrain.distributed import free_port
+
+    return free_port()
+
+
+def run(run_dir: Path, cache: Path, steps: int, ranks: int = 1, extra=(), check: bool = True):
+    proc = subprocess.run(command(run_dir, steps, ranks, extra), env=env(cache), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pretrain failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def losses(run_dir: Path) -> dict[int, dict]:
+    """Step -> the last logged training record of that step (a resumed run logs a step again)."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = record
+    return out
+
+
+def kill_after(run_dir: Path, cache: Path, step: int, steps: int, ranks: int) -> int:
+    """Start a run and SIGKILL it (all its processes) once it has logged `step`; returns the
+    last step it logged."""
+    proc = subprocess.Popen(command(run_dir, steps, ranks), env=env(cache), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.exists() and max(losses(run_dir), default=0) >= step:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return max(losses(run_dir), default=0)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def assert_same_losses(a: dict, b: dict, steps) -> None:
+    for step in steps:
+        for key in ("loss", "temporal_margin", "clip_contrastive"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key, a[step], b[step])
+
+
+def test_config_is_strict_and_complete():
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        cfg = compose(config_name="pretrain")
+        assert cfg.model.arch == "resnet18" and cfg.deepspeed.stage == 0 and set(cfg.objectives) == {
+            "temporal_margin", "clip_contrastive"}  # fmt: skip
+        with pytest.raises(ConfigCompositionException):
+            compose(config_name="pretrain", overrides=["train.stepz=3"])  # misspelt: refused
+        for name in ("resnet50_112", "vit_s_112"):
+            preset = compose(config_name="pretrain", overrides=[f"experiment={name}"])
+            assert preset.data.frames == 16 and preset.data.resize == 112
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_killed_run_resumes_to_the_same_losses(tmp_path, cache, ranks):
+    """A run killed after step 4 resumes from its step-3 checkpoint and logs, step by step, the
+    losses of an uninterrupted run; the backbone it publishes has timm's keys."""
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run(whole, cache, steps=7, ranks=ranks)
+    reference = losses(whole)
+    assert sorted(reference) == list(range(1, 8))
+    last = kill_after(broken, cache, step=4, steps=7, ranks=ranks)
+    assert 4 <= last < 7, "the run was not killed mid-way"
+    assert (broken / "checkpoints" / "step_000003" / "COMPLETE").exists()
+    run(broken, cache, steps=7, ranks=ranks)
+    assert_same_losses(reference, losses(broken), range(1, 8))
+    # the published backbone: exactly the keys plain timm has, and the run's weights
+    published = broken / "published" / "auforge-pretrain"
+    state = load_file(str(published / "model.safetensors"))
+    config = json.loads((published / "config.json").read_text())
+    assert set(state) == set(timm.create_model(config["architecture"], num_classes=0).state_dict())
+    assert config["auforge"]["steps"] == 7 and config["auforge"]["data"]["manifest_digest"]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, cache):
+    run_dir = tmp_path / "run"
+    run(run_dir, cache, steps=6)  # checkpoints at 3 and 6
+    reference = losses(run_dir)
+    model_file = next((run_dir / "checkpoints" / "step_000006").glob("mp_rank_*_model_states.pt"))
+    model_file.write_bytes(model_file.read_bytes()[:1000])  # cut short, as a dying disk would
+    proc = run(run_dir, cache, steps=6)
+    log = proc.stdout + proc.stderr
+    assert "step_000006 is unreadable" in log and "resumed from" in log and "step_000003" in log
+    redone = losses(run_dir)
+    assert_same_losses(reference, redone, range(4, 7))
+
+
+def test_changed_config_is_refused_with_what_changed(tmp_path, cache):
+    run_dir = tmp_path / "run"
+    run(run_dir, cache, steps=3)
+    proc = run(run_dir, cache, steps=6, extra=["optim.lr=0.01"], check=False)
+    assert proc.returncode != 0
+    assert "optim.lr: 0.002 -> 0.01" in proc.stdout + proc.stderr
+    # what may change does not block resumption: more steps continue the run
+    run(run_dir, cache, steps=6)
+    assert sorted(losses(run_dir)) == list(range(1, 7))
