@@ -209,6 +209,7 @@ def identity_probe(
     identity: Any,
     *,
     test_share: float = 0.5,
+    groups: Any = None,
     seed: int = 0,
     epochs: int = 100,
     lr: float = 1.0,
@@ -220,7 +221,10 @@ def identity_probe(
     `identity` [N]: any hashable labels (ints or strings). Each identity's samples are shuffled
     (numpy generator seeded by `seed`) and `round(n * test_share)` of them, at least one and at
     most n - 1, go to the test set, the rest to train; identities with a single sample cannot be
-    both trained on and tested, so they are left out (counted in "dropped"). Features are
+    both trained on and tested, so they are left out (counted in "dropped"). With `groups` [N]
+    (a clip or video id per sample) whole groups are split instead, so that near-identical
+    frames of one clip never sit on both sides and pass for identity; identities with a single
+    group are left out. Features are
     standardised with train statistics and the classifier is fitted like `linear_probe`'s: mean
     cross-entropy plus `weight_decay / 2 * ||W||^2`, full-batch L-BFGS from zero, at most
     `epochs` iterations.
@@ -237,20 +241,30 @@ def identity_probe(
         raise ValueError(f"identity: expected [{feats.shape[0]}], got shape {ids.shape}")
     if not 0.0 < test_share < 1.0:
         raise ValueError(f"test_share must lie strictly between 0 and 1, got {test_share}")
+    if ids.dtype == object and any(i is None for i in ids):
+        raise ValueError("identity: contains None (unknown identity); leave those samples out first")
     _, codes, counts = np.unique(ids, return_inverse=True, return_counts=True)
     rng = np.random.default_rng(seed)
     train_idx, test_idx, dropped = [], [], 0
     order = np.argsort(codes, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    for c, n in enumerate(counts):
+    group_codes = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else None
+    for c in range(len(counts)):
         members = order[bounds[c]:bounds[c + 1]]
+        units = np.unique(group_codes[members]) if group_codes is not None else members
+        n = len(units)
         if n < 2:
-            dropped += int(n)
+            dropped += len(members)
             continue
-        members = members[rng.permutation(n)]
+        units = units[rng.permutation(n)]
         n_test = min(max(int(round(n * test_share)), 1), n - 1)
-        test_idx.append(members[:n_test])
-        train_idx.append(members[n_test:])
+        if group_codes is None:
+            test_idx.append(units[:n_test])
+            train_idx.append(units[n_test:])
+        else:
+            in_test = np.isin(group_codes[members], units[:n_test])
+            test_idx.append(members[in_test])
+            train_idx.append(members[~in_test])
     if not train_idx:
         raise ValueError("identity_probe: no identity has two or more samples")
     tr, te = np.concatenate(train_idx), np.concatenate(test_idx)

@@ -22,6 +22,11 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    # The deepspeed launcher appends --local_rank=N (it also exports LOCAL_RANK); Hydra takes
+    # only overrides.
+    for arg in [a for a in sys.argv[1:] if a.startswith("--local_rank")]:
+        sys.argv.remove(arg)
+        os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
     if int(os.environ.get("RANK", "0")) != 0:
         # One rank writes the run's config and log file; the others only print.
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]

@@ -297,3 +297,19 @@ def test_identity_probe_split_is_stratified_and_drops_singletons():
     # test per identity: round(10/4)=2, round(7/4)=2, round(4/4)=1 -> 5; identity 2 dropped
     assert out["identities"] == 3 and out["dropped"] == 1
     assert out["test"] == 5 and out["train"] == 16
+
+
+def test_identity_probe_groups_keep_clips_on_one_side():
+    """Near-duplicate frames of one clip: a sample split lets a probe recognise the clip and call
+    it identity; a split by clip does not, when the features carry clip but not identity."""
+    rng = np.random.default_rng(0)
+    identities, clips_per_id, frames = 10, 4, 6
+    clip_codes = rng.normal(0, 1, (identities * clips_per_id, 32))
+    clip = np.repeat(np.arange(identities * clips_per_id), frames)
+    identity = clip // clips_per_id
+    x = clip_codes[clip] + 0.05 * rng.normal(0, 1, (len(clip), 32))
+    by_sample = identity_probe(x, identity, seed=0)
+    by_clip = identity_probe(x, identity, groups=clip, seed=0)
+    assert by_sample["accuracy"] > 0.9
+    assert by_clip["accuracy"] < 0.3  # chance is 0.1: no identity beyond the clip
+    assert by_clip["train"] + by_clip["test"] == len(clip)
