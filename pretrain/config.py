@@ -67,7 +67,7 @@ class OptimConfig:
 @dataclass
 class DeepSpeedConfig:
     stage: int = 0  # ZeRO stage 0 (plain data parallel), 1 or 2
-    bf16: bool = True  # on GPUs; the CPU always trains in fp32
+    bf16: bool = True  # bf16 autocast on GPUs (weights stay fp32); the CPU always trains in fp32
     overlap_comm: bool = True
     bucket_mb: int = 50
 

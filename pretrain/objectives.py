@@ -53,7 +53,9 @@ class TemporalMargin(nn.Module):
 
         L = mean relu( d_ap - d_an + margin * (|t_a - t_n| - |t_a - t_p|) / G )
 
-    where G is the largest time gap in the view. The loss depends only on distances and time
+    where G is the largest time gap in the view. p may be a itself (gap 0): then the term asks
+    every frame n to lie at least margin * |t_a - t_n| / G from the anchor, so distances grow
+    with time gaps even where the ranking already holds. The loss depends only on distances and time
     gaps, so it is invariant to rotations of the embedding space, to shifting or reversing time,
     and to the order of clips in the batch.
     """
@@ -102,7 +104,8 @@ class ClipContrastive(nn.Module):
         self.head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim))
 
     def forward(self, batch, encoded) -> dict[str, torch.Tensor]:
-        first, second = (l2n(self.head(v["clip"])) for v in encoded["views"][:2])
+        # logits in fp32: under bf16 autocast they would be rounded to ~0.06 at tau = 0.1
+        first, second = (l2n(self.head(v["clip"]).float()) for v in encoded["views"][:2])
         all_first, offset = gather_with_grad(first)
         all_second, _ = gather_with_grad(second)
         targets = torch.arange(first.shape[0], device=first.device) + offset

@@ -52,7 +52,9 @@ def deepspeed_config(cfg, cuda: bool) -> dict:
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": cfg.deepspeed.stage, "overlap_comm": cfg.deepspeed.overlap_comm and cuda,
                               "reduce_bucket_size": bucket, "allgather_bucket_size": bucket},  # fmt: skip
-        "bf16": {"enabled": bool(cfg.deepspeed.bf16 and cuda)},
+        # bf16 comes from torch.autocast in the step, not from DeepSpeed's bf16 mode, which would
+        # cast the weights themselves (BatchNorm statistics stay fp32) and publish rounded weights.
+        "bf16": {"enabled": False},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
     }
@@ -71,7 +73,10 @@ def data_source(cfg, rank: int) -> str:
 def build_encoder(cfg, image_size: int) -> ClipEncoder:
     torch.manual_seed(cfg.train.seed)  # every rank starts from the same weights
     m = cfg.model
-    return ClipEncoder(m.arch, m.embed_dim, m.temporal, image_size, m.drop_path, m.channels_last)
+    encoder = ClipEncoder(m.arch, m.embed_dim, m.temporal, image_size, m.drop_path, m.channels_last)
+    if m.compile:
+        encoder.backbone.compile()  # in place: the state dict keeps timm's keys
+    return encoder
 
 
 class Run:
@@ -122,34 +127,44 @@ class Run:
 
     def train_step(self, batches) -> dict[str, float]:
         """One optimizer step over `grad_accum` micro-batches; returns losses and timings."""
-        cfg, times = self.cfg, {"data": 0.0, "forward": 0.0, "objectives": 0.0, "backward": 0.0, "optimizer": 0.0}
+        cfg = self.cfg
+        times = {"data": 0.0, "views": 0.0, "forward": 0.0, "objectives": 0.0, "backward": 0.0, "optimizer": 0.0}
+        bf16 = self.device.type == "cuda" and cfg.deepspeed.bf16
         lr = lr_at(self.step + 1, cfg, self.global_batch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         logged: dict[str, float] = {}
         for micro in range(cfg.optim.grad_accum):
-            t0 = time.perf_counter()
+            marks = [self._clock()]
             batch = next(batches).to(self.device)
-            t1 = time.perf_counter()
+            marks.append(self._clock())
             g = step_generator(cfg.train.seed, self.step + 1, self.rank, micro, self.device)
             views = make_views(batch.frames, batch.frame_index, self.mean, self.std, g, self.view_length,
                                cfg.train.augment)  # fmt: skip
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.engine.bfloat16_enabled()):
+            marks.append(self._clock())
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
                 encoded = self.model.encode(views)
-                t2 = time.perf_counter()
+                marks.append(self._clock())
                 total, losses = self.model.objectives_loss(batch, encoded)
-            t3 = time.perf_counter()
+            marks.append(self._clock())
             self.engine.backward(total)
-            t4 = time.perf_counter()
+            marks.append(self._clock())
             self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
-            t5 = time.perf_counter()
-            for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                times[key] += dt
+            marks.append(self._clock())
+            for key, start, end in zip(times, marks, marks[1:]):
+                times[key] += end - start
             for name, value in {"loss": total, **losses}.items():
                 logged[name] = logged.get(name, 0.0) + float(value.detach()) / cfg.optim.grad_accum
             self.samples += len(batch) * self.world
         self.step += 1
         return {**logged, "lr": lr, **{f"time/{k}": v for k, v in times.items()}}
+
+    def _clock(self) -> float:
+        # On a GPU the host runs ahead of the kernels: wait for them so that each phase is timed
+        # where it runs (a few synchronisations a step, for a true data-wait share).
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def save(self) -> None:
         self.ckpt.save(self.engine, self.step, self.rank_state())
