@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="the accelerator's peak TFLOP/s for MFU (default: H100 SXM bf16 dense)")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    p.add_argument("--stages", action="store_true",
+                   help="compare ZeRO stages 0, 1 and 2 instead (run under torchrun with 2 or more ranks)")
     return p.parse_args(argv)
 
 
@@ -241,8 +243,45 @@ def med(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def compare_stages(args) -> dict:
+    """Step time of ZeRO stages 0, 1 and 2 on the same model and data, engines alternating step by
+    step in one process group; rank 0 prints medians and the ratio to stage 0."""
+    import torch.distributed as dist
+
+    from pretrain.train import Run
+
+    runs, times = {}, {}
+    for stage in (0, 1, 2):
+        run_dir = tempfile.mkdtemp(prefix=f"auforge-bench-zero{stage}-")
+        args_s = argparse.Namespace(**{**vars(args), "override": [*args.override, f"deepspeed=zero{stage}"]})
+        run = Run(compose_config(args_s, run_dir))
+        runs[stage], times[stage] = (run, iter(run.stream)), []
+    try:
+        for i in range(args.warmup + args.steps):
+            for stage, (run, batches) in runs.items():
+                record = run.train_step(batches)
+                if i >= args.warmup:
+                    times[stage].append(sum(v for k, v in record.items() if k.startswith("time/") and k != "time/data"))
+        rank, world = dist.get_rank(), dist.get_world_size()
+        base = med(times[0])
+        if rank == 0:
+            print(f"ZeRO stages, {args.arch} at {args.size} px, {world} ranks x {args.batch} clips, "
+                  f"median of {args.steps} steps (data wait excluded):")  # fmt: skip
+            for stage in runs:
+                t = med(times[stage])
+                clips = args.batch * world / t
+                print(f"  stage {stage}: {t * 1e3:8.1f} ms/step  {clips:7.1f} clips/s  {t / base:6.3f} x stage 0")
+        return {stage: med(t) for stage, t in times.items()}
+    finally:
+        for run, batches in runs.values():
+            batches.close()
+            shutil.rmtree(run.run_dir, ignore_errors=True)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.stages:
+        return compare_stages(args)
     import psutil
     import torch
 

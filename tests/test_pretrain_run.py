@@ -149,3 +149,22 @@ def test_changed_config_is_refused_with_what_changed(tmp_path, cache):
     # what may change does not block resumption: more steps continue the run
     run(run_dir, cache, steps=6)
     assert sorted(losses(run_dir)) == list(range(1, 7))
+
+
+def test_probes_during_and_after_training_and_logs(tmp_path, cache):
+    """Evaluation every 2 steps and at the end: AU linear and kNN probes on held-out identities,
+    identity leakage with chance, the random-init baseline; TensorBoard events and the summary."""
+    run_dir = tmp_path / "run"
+    proc = run(run_dir, cache, steps=4, extra=["eval.enabled=true", "train.eval_every=2", "eval.probe_clips=16"])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    probes = [r for r in records if "probe/linear_f1" in r]
+    assert [r["step"] for r in probes] == [2, 4]
+    final = probes[-1]
+    for key in ("probe/linear_f1", "probe/knn_f1", "random_init/linear_f1", "random_init/knn_f1"):
+        assert 0.0 <= final[key] <= 1.0
+    assert 0.0 < final["probe/identity_chance"] < 1.0 and 0.0 <= final["probe/identity_acc"] <= 1.0
+    train_records = [r for r in records if "loss" in r]
+    assert all({"lr", "throughput/clips_per_s", "time/data_share", "time/backward"} <= set(r) for r in train_records)
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert "AU linear-probe mean F1" in proc.stdout and "identity chance level" in proc.stdout
+    assert (run_dir / "hydra" / "config.yaml").exists()  # the resolved config is saved with the run
