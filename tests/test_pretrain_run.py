@@ -32,10 +32,13 @@ def env(cache: Path) -> dict:
     return {**os.environ, "AUFORGE_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def command(run_dir: Path, steps: int, ranks: int, extra=()) -> list[str]:
+def command(run_dir: Path, steps: int, ranks: int, extra=(), launcher: str = "torchrun") -> list[str]:
     args = [f"train.run_dir={run_dir}", f"train.steps={steps}", *TINY, *extra]
     if ranks == 1:
         return [sys.executable, "-m", "pretrain", *args]
+    if launcher == "deepspeed":
+        return [str(Path(sys.executable).parent / "deepspeed"), "--num_accelerators", str(ranks), "--master_port",
+                str(_port()), "--module", "pretrain", *args]  # fmt: skip
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
             str(_port()), "-m", "pretrain", *args]  # fmt: skip
 
@@ -46,9 +49,9 @@ def _port() -> int:
     return free_port()
 
 
-def run(run_dir: Path, cache: Path, steps: int, ranks: int = 1, extra=(), check: bool = True):
-    proc = subprocess.run(command(run_dir, steps, ranks, extra), env=env(cache), cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+def run(run_dir: Path, cache: Path, steps: int, ranks: int = 1, extra=(), check: bool = True, launcher="torchrun"):
+    proc = subprocess.run(command(run_dir, steps, ranks, extra, launcher), env=env(cache), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(f"pretrain failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -168,3 +171,12 @@ def test_probes_during_and_after_training_and_logs(tmp_path, cache):
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert "AU linear-probe mean F1" in proc.stdout and "identity chance level" in proc.stdout
     assert (run_dir / "hydra" / "config.yaml").exists()  # the resolved config is saved with the run
+
+
+def test_deepspeed_launcher_runs_the_same_entry(tmp_path, cache):
+    """The deepspeed launcher (it appends --local_rank) runs two ranks of the same config to the
+    same losses as torchrun."""
+    with_torchrun, with_deepspeed = tmp_path / "torchrun", tmp_path / "deepspeed"
+    run(with_torchrun, cache, steps=2, ranks=2)
+    run(with_deepspeed, cache, steps=2, ranks=2, launcher="deepspeed")
+    assert_same_losses(losses(with_torchrun), losses(with_deepspeed), range(1, 3))
