@@ -37,6 +37,9 @@ class BadSample(Exception):
         self.kind = kind
 
 
+_ZERO_BLOCK = bytes(512)
+
+
 def tar_members(f) -> Iterator[tuple[str, bytes]]:
     """(name, data) of the regular files of a tar stream, in order.
 
@@ -47,11 +50,11 @@ def tar_members(f) -> Iterator[tuple[str, bytes]]:
     its zero blocks, so a shard cut exactly between two members is caught too.
     """
     long_name = None
+    header = f.read(512)
     while True:
-        header = f.read(512)
         if len(header) < 512:
             raise ValueError(f"archive ends without its end blocks ({len(header)}-byte tail)")
-        if header.count(0) == 512:
+        if header == _ZERO_BLOCK:
             return  # end of archive
         stored = header[148:156]
         digits = stored.split(b"\0", 1)[0].strip()
@@ -59,18 +62,14 @@ def tar_members(f) -> Iterator[tuple[str, bytes]]:
         if not digits or int(digits, 8) != sum(header) - sum(stored) + 256:
             raise ValueError("corrupt tar header (checksum)")
         size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-        data = f.read(size)
-        if len(data) < size:
-            raise ValueError(f"member data cut short ({len(data)} of {size} bytes)")
-        f.read(-size % 512)
+        padded = size + (-size % 512)
+        # The member, its padding and the next header in one read: half the calls.
+        chunk = f.read(padded + 512)
+        if len(chunk) < padded:
+            raise ValueError(f"member data cut short ({len(chunk)} of {padded} bytes)")
+        data, next_header = chunk[:size], chunk[padded:]
         kind = header[156:157]
-        if kind == b"L":  # GNU long name of the next member
-            long_name = data.rstrip(b"\0").decode()
-        elif kind == b"x":  # pax extended header: only the path matters here
-            for record in data.decode().splitlines():
-                if " path=" in record:
-                    long_name = record.split(" path=", 1)[1]
-        elif kind in (b"0", b"\0"):
+        if kind in (b"0", b"\0"):
             name = long_name
             if name is None:
                 name = header[:100].split(b"\0", 1)[0].decode()
@@ -78,8 +77,15 @@ def tar_members(f) -> Iterator[tuple[str, bytes]]:
                     name = prefix.decode() + "/" + name
             long_name = None
             yield name, data
+        elif kind == b"L":  # GNU long name of the next member
+            long_name = data.rstrip(b"\0").decode()
+        elif kind == b"x":  # pax extended header: only the path matters here
+            for record in data.decode().splitlines():
+                if " path=" in record:
+                    long_name = record.split(" path=", 1)[1]
         else:  # directories, links, global pax headers: nothing to read
             long_name = None
+        header = next_header
 
 
 def iter_groups(url: str) -> Iterator[dict]:
@@ -168,10 +174,11 @@ def decode_clip(
     scaled = (-(-height // scale), -(-width // scale))
     if scaled != out.shape[1:3]:
         raise BadSample("bad_shape", f"frames are {height}x{width}; the stream expects {out.shape[1:3]} at 1/{scale}")
-    for t, i in enumerate(chosen):
-        data = group.get(frame_member(int(i)))
+    min_h, min_w = height // scale, width // scale
+    for t, i in enumerate(chosen.tolist()):
+        data = group.get(frame_member(i))
         if data is None:
-            raise BadSample("missing_frame", f"frame {i} ({frame_member(int(i))}) is absent")
+            raise BadSample("missing_frame", f"frame {i} ({frame_member(i)}) is absent")
         try:
             # Into the batch's own memory; a frame larger than the buffer fails here, a smaller
             # one shows in the shape that comes back.
@@ -180,8 +187,8 @@ def decode_clip(
                 colorspace="RGB",
                 fastdct=fast,
                 fastupsample=fast,
-                min_height=height // scale,
-                min_width=width // scale,
+                min_height=min_h,
+                min_width=min_w,
                 buffer=out[t],
             )
         except ValueError as e:

@@ -33,9 +33,12 @@ META_FIELDS = ("clip_id", "video_id", "identity", "track_id", "source", "fps", "
 _KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+_FRAME_MEMBERS = [f"{i:03d}.jpg" for i in range(1000)]  # built once: the reader asks per frame
+
+
 def frame_member(index: int) -> str:
     """Suffix of the member holding stored frame `index` (the part after `KEY.`)."""
-    return f"{index:03d}.jpg"
+    return _FRAME_MEMBERS[index] if 0 <= index < 1000 else f"{index:03d}.jpg"
 
 
 def clip_key(clip_id: str) -> str:
