@@ -1,9 +1,27 @@
-"""Entry for `accelerate launch finetune.py key=value ...` from the repository root.
+"""`accelerate launch finetune.py key=value ...` (or `python finetune.py ...`) from the repository root.
 
-The fine-tuning job itself lands with the fine-tuning issue (finetune/); until then this says so.
+Hydra config: configs/finetune.yaml; see finetune/train.py for the job.
 """
 
+import os
 import sys
+from pathlib import Path
+
+import hydra
+
+from finetune.config import register
+
+register()
+
+
+@hydra.main(config_path=str(Path(__file__).resolve().parent / "configs"), config_name="finetune", version_base=None)
+def main(cfg) -> None:
+    from finetune.train import fit
+
+    fit(cfg)
+
 
 if __name__ == "__main__":
-    sys.exit("finetune.py: the fine-tuning job is not built yet (see the fine-tuning issue)")
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]  # one rank writes the run's files
+    main()

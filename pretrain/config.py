@@ -9,37 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-
-@dataclass
-class SyntheticConfig:
-    """Arguments of `shards.synthetic.cached_synthetic`: used when `data.source` is null."""
-
-    _target_: str = "shards.synthetic.cached_synthetic"
-    clips: int = 1200
-    frames: int = 16
-    size: int = 112
-    identities: int = 120
-    seed: int = 0
-    shard_samples: int = 200
-    heldout: float = 0.25
-
-
-@dataclass
-class DataConfig:
-    source: Optional[str] = None  # manifest, folder, brace pattern or URL list; null: synthetic
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    train_split: Optional[str] = "train"  # manifest split to pretrain on (null: all shards)
-    eval_split: Optional[str] = "heldout"  # identities unseen in pretraining, for the probes
-    frames: int = 8  # T per clip
-    stride: int = 2
-    resize: Optional[int] = 56  # frames are resized to this square side in the workers
-    num_workers: int = 2
-    slots: int = 4
+from finetune.config import DataConfig
 
 
 @dataclass

@@ -1,0 +1,118 @@
+"""Labelled frames for fine-tuning, whatever the dataset: one interface over clip shards (read
+once into memory: labelled sets are small) and over BP4D, DISFA and CSV tables (read lazily).
+
+Subject-exclusive folds: BP4D and DISFA use the published 3-fold splits; shards and CSV sets
+deal their sorted subjects round-robin into three folds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shards.manifest import Manifest
+from shards.stream import ClipStream
+
+
+@dataclass
+class Frames:
+    """N labelled frames: labels in memory, pixels in `images` (uint8 [N, S, S, 3]) or read by `read(i)`."""
+
+    name: str
+    au_names: list[str]
+    subjects: np.ndarray  # [N] str
+    occ: np.ndarray  # int8 [N, A], -1 unknown
+    intensity: np.ndarray  # float32 [N, A], NaN unknown
+    images: np.ndarray | None = None
+    read: object = None  # callable(i) -> uint8 [S, S, 3] when images is None
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.images[i] if self.images is not None else self.read(i)
+
+
+def shard_frames(source: str, size: int, clip_frames: int, split: str | None = None) -> Frames:
+    """`clip_frames` frames spread over every clip of a labelled shard set, resized to `size`."""
+    manifest = Manifest.load(source) if Path(source).exists() else None
+    stored = manifest.frames_per_clip if manifest else clip_frames
+    stride = max(1, stored // clip_frames)
+    stream = ClipStream(source, split=split, frames=clip_frames, stride=stride, batch_size=32, mode="exact",
+                        resize=size, rank=0, world=1, num_workers=0)  # fmt: skip
+    if not stream.au_names:
+        raise ValueError(f"{source}: these shards carry no AU labels (no au_names in the manifest)")
+    images, occ, intensity, subjects = [], [], [], []
+    identities = {}
+    for batch in stream:
+        keep = batch.valid
+        images.append(batch.frames[keep].permute(0, 1, 3, 4, 2).flatten(0, 1).contiguous().numpy())
+        occ.append(batch.au_occ[keep].flatten(0, 1).numpy())
+        intensity.append(batch.au_int[keep].flatten(0, 1).numpy())
+        for ident in batch.identity[keep].tolist():
+            subjects += [identities.setdefault(ident, f"s{ident:x}")] * clip_frames
+    return Frames(manifest.name if manifest else "shards", list(stream.au_names), np.array(subjects),
+                  np.concatenate(occ), np.concatenate(intensity), images=np.concatenate(images))  # fmt: skip
+
+
+def table_frames(table, size: int) -> Frames:
+    """A BP4D, DISFA or CSV table (finetune.data) with frames read, cropped and resized on demand."""
+    from finetune.data import read_frame
+
+    records = table.records
+    return Frames(
+        table.name, list(table.au_names), np.array([r.subject for r in records]),
+        np.stack([r.occ for r in records]).astype(np.int8), np.stack([r.intensity for r in records]).astype(np.float32),
+        read=lambda i: read_frame(records[i], size=size),
+    )  # fmt: skip
+
+
+def round_robin_folds(subjects) -> dict[int, list[str]]:
+    ordered = sorted(set(subjects))
+    return {k: ordered[k - 1 :: 3] for k in (1, 2, 3)}
+
+
+def fold_indices(frames: Frames, folds: dict[int, list[str]], fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) frame indices: the fold's subjects are tested on, the others trained on."""
+    known = {s for members in folds.values() for s in members}
+    stray = sorted(set(frames.subjects) - known)
+    if stray:
+        raise ValueError(f"{frames.name}: subjects in no fold: {', '.join(stray)}")
+    test = np.isin(frames.subjects, folds[fold])
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def labelled_subset(train: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labelled, unlabelled) training frames: a seeded random `fraction` keep their labels."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    n = max(1, round(len(train) * fraction))
+    order = np.random.default_rng(seed).permutation(len(train))
+    return np.sort(train[order[:n]]), np.sort(train[order[n:]])
+
+
+class FrameDataset(torch.utils.data.Dataset):
+    """Items {"image": uint8 [3, S, S], "occ", "intensity", "subject": int, "index": int}."""
+
+    def __init__(self, frames: Frames, indices: np.ndarray, subject_ids: dict[str, int], size: int):
+        self.frames, self.indices, self.subject_ids, self.size = frames, indices, subject_ids, size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        i = int(self.indices[k])
+        image = self.frames.image(i)
+        if image.shape[:2] != (self.size, self.size):
+            image = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR))
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+            "occ": torch.from_numpy(self.frames.occ[i].astype(np.int64)),
+            "intensity": torch.from_numpy(self.frames.intensity[i]),
+            "subject": self.subject_ids[self.frames.subjects[i]],
+            "index": i,
+        }
