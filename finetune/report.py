@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -228,11 +229,12 @@ def combine_folds(results: dict[int, dict]) -> dict:
 
     * "folds": the fold keys, sorted; "per_fold": {str(fold): that fold's result};
     * "per_au"[metric]: per AU, the mean over the folds where that AU has a value;
-    * "mean"[metric]: the mean over AUs of "per_au"[metric] (the Avg column of the literature's
-      3-fold tables, and the mean row of `print_table`);
-    * "fold_mean"[metric]: each fold's own mean, in fold order, and "fold_std"[metric] their
-      standard deviation over folds (population, ddof 0). "mean" equals the mean of "fold_mean"
-      whenever every AU has a value in every fold;
+    * "fold_mean"[metric]: each fold's own mean (over its AUs), in fold order;
+    * "mean"[metric]: the mean over folds of "fold_mean" (folds with NaN skipped), and
+      "fold_std"[metric] their standard deviation over folds (population, ddof 0). Where every AU
+      has a value in every fold, "mean" is also the mean over AUs of "per_au" (the Avg column of
+      the literature's 3-fold tables, and the mean row of `print_table`'s mean column); where an
+      AU has nothing to measure in some fold the two differ, and `print_table` says which is which.
     * "support": per AU counts summed over folds; "setting" where all folds agree on it.
     """
     if not results:
@@ -267,8 +269,8 @@ def combine_folds(results: dict[int, dict]) -> dict:
         stack = np.stack([_arr(results[k]["per_au"][m]) for k in folds])  # [F, A]
         per_au[m] = [_nanmean(stack[:, a]) for a in range(stack.shape[1])]
     out["per_au"] = per_au
-    out["mean"] = {m: _nanmean(per_au[m]) for m in metrics}
     fold_mean = {m: [_fold_mean(results[k], m) for k in folds] for m in metrics}
+    out["mean"] = {m: _nanmean(v) for m, v in fold_mean.items()}
     out["fold_mean"] = fold_mean
     out["fold_std"] = {m: _nanstd(v) for m, v in fold_mean.items()}
     out["per_fold"] = {str(k): results[k] for k in folds}
@@ -353,8 +355,9 @@ def print_table(results: dict) -> str:
 
     One evaluation: a column per metric (detection with tuned thresholds adds "f1_tuned" and
     "threshold"). Combined folds: the headline metric (F1, or ICC for intensity) per fold and its
-    mean over folds, then the mean over folds of the other metrics. Returns the text; it prints
-    nothing (call `print` on rank 0, or log it).
+    mean over folds, then the mean over folds of the other metrics, and a last line with each
+    metric's mean over folds and its standard deviation over folds (results["mean"],
+    results["fold_std"]). Returns the text; it prints nothing (call `print` on rank 0, or log it).
     """
     names = [_au_label(n) for n in results["au_names"]]
     per_au = results["per_au"]
@@ -372,7 +375,15 @@ def print_table(results: dict) -> str:
             columns[m] = _arr(v)
         if "thresholds" in results:
             columns["threshold"] = _arr(results["thresholds"])
-    return _header(results) + "\n" + au_table(names, **columns)
+    text = _header(results) + "\n" + au_table(names, **columns)
+    if _is_combined(results):
+        parts = [f"{m} {_cell(results['mean'][m])} (sd {_cell(results['fold_std'][m])})" for m in per_au]
+        text += f"\nover {len(results['folds'])} folds, mean of the fold means: " + ", ".join(parts)
+    return text
+
+
+def _cell(v: Any) -> str:
+    return "nan" if v is None or math.isnan(float(v)) else f"{float(v):.3f}"
 
 
 # --------------------------------------------------------------------------------------- plots
@@ -397,7 +408,8 @@ def _save(fig, path: str | os.PathLike) -> None:
 
 def plot_per_au(results: dict, path: str | os.PathLike, *, metric: str | None = None,
                 title: str | None = None) -> None:
-    """A PNG bar chart of one metric per AU, with the mean over AUs as a dashed line.
+    """A PNG bar chart of one metric per AU, with results["mean"] (the mean over AUs; for folds, the
+    mean of the fold means) as a dashed line.
 
     `metric`: default F1 (detection) or ICC(3,1) (intensity); any key of results["per_au"]. For
     combined folds the bars are the mean over folds and each fold's value is a marker on its bar.
@@ -413,7 +425,8 @@ def plot_per_au(results: dict, path: str | os.PathLike, *, metric: str | None = 
     combined = _is_combined(results)
     folds = results["folds"] if combined else []
     fold_values = [_arr(results["per_fold"][str(k)]["per_au"][metric]) for k in folds]
-    mean = _nanmean(values)
+    stored = results.get("mean", {}).get(metric)  # for folds: the mean of the fold means
+    mean = _nanmean(values) if stored is None else float(stored)
 
     x = np.arange(len(names))
     fig = _figure(max(6.0, 0.6 * len(names) + 2.0), 4.4)
@@ -429,20 +442,19 @@ def plot_per_au(results: dict, path: str | os.PathLike, *, metric: str | None = 
     if not math.isnan(mean):
         ax.axhline(mean, color="#C44E52", linestyle="--", linewidth=1.5, label=f"mean {mean:.3f}", zorder=2)
 
-    lows = [values[finite]] + [fv[~np.isnan(fv)] for fv in fold_values]
-    all_values = np.concatenate(lows) if lows else np.zeros(0)
+    all_values = np.concatenate([values[finite]] + [fv[~np.isnan(fv)] for fv in fold_values])
     vmin = float(all_values.min()) if all_values.size else 0.0
     vmax = float(all_values.max()) if all_values.size else 1.0
     if metric == "mae":
         bottom, top = 0.0, max(vmax, 1e-6) * 1.2
     else:  # F1, ICC, r: on their natural scale up to 1, below 0 only where a value is
-        bottom, top = min(0.0, vmin - 0.08), 1.12
+        bottom, top = (vmin - 0.15 if vmin < 0 else 0.0), 1.12
     ax.set_ylim(bottom, top)
     span = top - bottom
     box = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
     for a, (xi, v) in enumerate(zip(x, values)):
         if math.isnan(v):
-            ax.text(xi, bottom + 0.02 * span, "n/a", ha="center", va="bottom", fontsize=7, color="#777777")
+            ax.text(xi, max(bottom, 0.0) + 0.02 * span, "n/a", ha="center", va="bottom", fontsize=7, color="#777777")
             continue
         # above the bar and above its fold markers (below both for a negative value), on a white box
         # so that the mean line does not cross the digits
@@ -453,28 +465,37 @@ def plot_per_au(results: dict, path: str | os.PathLike, *, metric: str | None = 
     if metric != "mae":
         ax.set_yticks(np.arange(math.ceil(bottom * 5) / 5, 1.0001, 0.2))
         ax.axhline(0.0, color="black", linewidth=0.6)
-    ax.set_xticks(x, names, rotation=45 if max(len(n) for n in names) > 5 else 0)
+    if max(len(n) for n in names) > 5:
+        ax.set_xticks(x, names, rotation=30, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(x, names)
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel(METRIC_TITLES.get(metric, metric))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: (labels[i].startswith("fold "), i))  # bars, mean, folds
-    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center",
-              bbox_to_anchor=(0.5, -0.13 if max(len(n) for n in names) <= 5 else -0.22),
-              ncol=len(labels), fontsize=8, frameon=False)
+
+    def rank(i: int) -> tuple[int, int]:  # bars, then the mean line, then the folds
+        return (2 if labels[i].startswith("fold ") else 1 if labels[i].startswith("mean ") else 0, i)
+
+    order = sorted(range(len(labels)), key=rank)
+    # below the axes, in a strip of its own, so that it never hides a bar near 1
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center",
+               bbox_to_anchor=(0.5, 0.005), ncol=len(labels), fontsize=8, frameon=False)
 
     if title is None:
         line1 = f"AU {task}: {METRIC_TITLES.get(metric, metric)} per AU"
         if task == "detection" and metric == "f1":
             line1 += f" at threshold {results.get('threshold', THRESHOLD):g}"
-        extra = [_setting_text(results.get("setting"))]
         if combined:
-            extra.append(f"{len(folds)} folds, mean over folds")
-        extra = [e for e in extra if e]
-        title = line1 + ("\n" + "; ".join(extra) if extra else "")
+            line1 += f", mean over {len(folds)} folds"
+        setting = _setting_text(results.get("setting"))
+        # a long setting (a training job's dict) wraps to the figure's width (at 10 pt, about 12
+        # characters an inch; 11 leaves a margin)
+        wrapped = textwrap.fill(setting, width=int(11 * fig.get_figwidth()), break_on_hyphens=False)
+        title = line1 + ("\n" + wrapped if setting else "")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.3 / fig.get_figheight(), 1.0, 1.0))
     _save(fig, path)
 
 
@@ -527,7 +548,7 @@ def plot_label_fraction(points: dict[float, float], path: str | os.PathLike, *,
     ax.set_xlabel("fraction of training labels (log scale)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.legend(loc="best", fontsize=8, frameon=False)
     ax.set_title(title or f"{metric[0].upper() + metric[1:]} against label fraction", fontsize=10)
     fig.tight_layout()
     _save(fig, path)

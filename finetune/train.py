@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def run_fold(cfg, fold: int, frames: Frames, folds, accelerator, backbone_factor
         model.train()
         unlabelled_batches = iter(extra[0]) if extra else None
         for step, batch in enumerate(train_loader):
-            lr_scale = 0.5 * (1 + np.cos(np.pi * (epoch * len(train_loader) + step) / max(1, steps_total)))
+            lr_scale = 0.5 * (1 + math.cos(math.pi * (epoch * len(train_loader) + step) / max(1, steps_total)))
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * lr_scale
             out = model(normalise(batch["image"]))

@@ -1,0 +1,269 @@
+"""BP4D in its released layout (REFERENCE.md, "Released layouts of BP4D and DISFA").
+
+* Occurrence labels: `AUCoding/AU_OCC/{subject}_{task}.csv` (also `AUCoding/AUCoding/` or
+  `AUCoding/`, matched without case). A header row `0,1,2,...,99`; column `0` is the frame
+  number (it does not start at 0 or 1: F001_T1 runs 2440..2992), column `k` is AU k, found by
+  its header rather than its position; values 0 absent, 1 present, 9 unknown (-> -1).
+* Frames: `{subject}/{task}/{frame}.jpg` under the image root, zero-padded to a width measured
+  from the first file name of each folder (4 digits in the copies seen: `F001/T2/0721.jpg`).
+  The image root is `image_root`, else the first of `root`, `root/img`, `root/images`,
+  `root/Sequences` that holds the subject's folder. Images shipped as `2D+3D/{subject}.zip`
+  must be extracted first (the error says so).
+* Intensity (FERA 2015, AU6/10/12/14/17): `AU Intensity Codes3.0/AU{NN}/{subject}_{task}*.csv`,
+  no header, rows `frame,intensity` 0..5 with 9 unknown; merged into the frames of the same
+  sequence and frame number where present, NaN elsewhere.
+
+A CSV frame with no image is an error by default (`missing_images="error"`: `ValueError`
+naming the CSV, the image folder and the first missing files). `missing_images="skip"` leaves
+such frames (and sequences whose image folder is absent) out and reports the count in
+`table.notes`. Images with no CSV row are ignored: BP4D codes a part of each task only.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from finetune.datasets.paths import child, first_child, listing
+from finetune.datasets.table import BP4D_AUS, BP4D_INTENSITY_AUS, FrameRecord, FrameTable, au_name, au_number
+
+__all__ = ["load_bp4d"]
+
+log = logging.getLogger(__name__)
+
+_SEQ_RE = re.compile(r"^([FM]\d{3})_(T\d+)\.csv$", re.IGNORECASE)
+_IMAGE_EXT = (".jpg", ".jpeg", ".png")
+_LABEL_DIRS = (("AUCoding", "AU_OCC"), ("AUCoding", "AUCoding"), ("AUCoding",), ("AU_OCC",), ())
+_IMAGE_DIRS = ((), ("img",), ("images",), ("Sequences",))
+
+
+def _resolve(root: Path, parts: Iterable[str]) -> Path | None:
+    p = root
+    for part in parts:
+        p = child(p, part)
+        if p is None:
+            return None
+    return p
+
+
+def _label_dir(root: Path) -> Path:
+    tried = []
+    for parts in _LABEL_DIRS:
+        d = _resolve(root, parts)
+        tried.append(str(root.joinpath(*parts)))
+        if d is not None and d.is_dir() and any(_SEQ_RE.match(n) for n in listing(d).values()):
+            return d
+    raise FileNotFoundError(f"BP4D: no occurrence label files ({{subject}}_{{task}}.csv) in any of {tried}")
+
+
+def _int(cell: str, path: Path, line: int, what: str) -> int:
+    try:
+        v = float(cell)
+    except ValueError:
+        raise ValueError(f"{path}, line {line}: {what} {cell!r} is not a number") from None
+    if not math.isfinite(v) or v != int(v):
+        raise ValueError(f"{path}, line {line}: {what} {cell!r} is not an integer")
+    return int(v)
+
+
+def _read_occ(path: Path, aus: list[int]) -> tuple[list[int], np.ndarray]:
+    """Frame numbers and int8 [N, A] labels (-1 for 9) of one AU_OCC file."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise ValueError(f"{path}: empty label file")
+    header = [c.strip() for c in rows[0]]
+    if not header or header[0] != "0" or not all(c.lstrip("-").isdigit() for c in header):
+        raise ValueError(f"{path}: expected a header row '0,1,2,...,99' (column 0 the frame number), "
+                         f"got {','.join(header[:6])}...")  # fmt: skip
+    col = {int(c): i for i, c in enumerate(header)}
+    lacking = [a for a in aus if a not in col or a == 0]
+    if lacking:
+        raise ValueError(f"{path}: no column for {[au_name(a) for a in lacking]} (the header has AUs 1..{max(col)})")
+    idx = [col[a] for a in aus]
+    frames: list[int] = []
+    labels = np.empty((len(rows) - 1, len(aus)), np.int8)
+    seen: dict[int, int] = {}
+    for n, row in enumerate(rows[1:]):
+        line = n + 2
+        if len(row) < len(header):
+            raise ValueError(f"{path}, line {line}: {len(row)} values, the header has {len(header)}")
+        frame = _int(row[0], path, line, "frame number")
+        if frame in seen:
+            raise ValueError(f"{path}, line {line}: frame {frame} repeats line {seen[frame]}")
+        seen[frame] = line
+        frames.append(frame)
+        for j, i in enumerate(idx):
+            v = _int(row[i], path, line, f"AU{aus[j]} value")
+            if v not in (0, 1, 9):
+                raise ValueError(f"{path}, line {line}: AU{aus[j]} value {v} (expected 0, 1 or 9 for unknown)")
+            labels[n, j] = -1 if v == 9 else v
+    return frames, labels
+
+
+def _image_index(folder: Path) -> tuple[dict[int, str], int]:
+    """`{frame number: file name}` of a frame folder and the zero-pad width of its first file."""
+    names = sorted(n for n in listing(folder).values() if n.lower().endswith(_IMAGE_EXT))
+    by_frame: dict[int, str] = {}
+    width = len(Path(names[0]).stem) if names else 0
+    for n in names:
+        stem = Path(n).stem
+        if stem.isdigit():
+            # prefer the name of the measured width where two spellings of a number coexist
+            if int(stem) not in by_frame or len(stem) == width:
+                by_frame[int(stem)] = n
+    return by_frame, width
+
+
+def _subject_folder(roots: list[Path], subject: str) -> Path | None:
+    for r in roots:
+        d = child(r, subject)
+        if d is not None and d.is_dir():
+            return d
+    return None
+
+
+def _missing_folder_message(roots: list[Path], root: Path, subject: str, task: str, csv_path: Path) -> str:
+    bases = [b for r in [*roots, root] for b in (child(r, "2D+3D"), r) if b is not None]
+    zips = [z for b in bases if (z := child(b, f"{subject}.zip")) is not None]
+    hint = f"; found {zips[0]}: extract it first" if zips else ""
+    tried = [str(r / subject / task) for r in roots]
+    return f"{csv_path}: no image folder for {subject}/{task} (tried {tried}){hint}"
+
+
+def _fera_dir(intensity_root: Path) -> Path:
+    base = first_child(intensity_root, r"au intensity codes.*", dirs=True) or intensity_root
+    if first_child(base, r"au0*\d+", dirs=True) is None:
+        raise FileNotFoundError(f"BP4D intensity: no AU{{NN}} folders in {base}")
+    return base
+
+
+def _read_fera(path: Path) -> dict[int, float]:
+    """`{frame: intensity}` from a FERA 2015 file (rows `frame,intensity`; 9 -> NaN)."""
+    out: dict[int, float] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for n, row in enumerate(csv.reader(f), start=1):
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) < 2:
+                raise ValueError(f"{path}, line {n}: expected 'frame,intensity', got {','.join(row)!r}")
+            frame = _int(row[0], path, n, "frame number")
+            v = _int(row[1], path, n, "intensity")
+            if v not in (0, 1, 2, 3, 4, 5, 9):
+                raise ValueError(f"{path}, line {n}: intensity {v} (expected 0..5, or 9 for unknown)")
+            if frame in out:
+                raise ValueError(f"{path}, line {n}: frame {frame} appears twice")
+            out[frame] = math.nan if v == 9 else float(v)
+    return out
+
+
+def _fera_files(fera: Path, aus: list[int]) -> dict[tuple[str, str], dict[int, Path]]:
+    """`{(subject, task): {au: file}}` for the intensity AUs among `aus`."""
+    files: dict[tuple[str, str], dict[int, Path]] = {}
+    for d in sorted(listing(fera).values()):
+        m = re.fullmatch(r"au0*(\d+)", d, re.IGNORECASE)
+        if not m or not (fera / d).is_dir() or int(m.group(1)) not in aus:
+            continue
+        au = int(m.group(1))
+        for name in sorted(listing(fera / d).values()):
+            fm = re.match(r"^([FM]\d{3})_(T\d+)(?:[_\W].*)?\.csv$", name, re.IGNORECASE)
+            if fm:
+                key = (fm.group(1).upper(), fm.group(2).upper())
+                if au in files.setdefault(key, {}):
+                    raise ValueError(f"BP4D intensity: two files for {key[0]}_{key[1]} AU{au}: "
+                                     f"{files[key][au]} and {fera / d / name}")  # fmt: skip
+                files[key][au] = fera / d / name
+    return files
+
+
+def load_bp4d(root: str | Path, *, intensity_root: str | Path | None = None, image_root: str | Path | None = None,
+              aus: Iterable[int | str] | None = None, subjects: Iterable[str] | None = None,
+              missing_images: str = "error") -> FrameTable:  # fmt: skip
+    """BP4D occurrence labels (and FERA 2015 intensity where `intensity_root` is given).
+
+    `aus`: the AUs to label, default `BP4D_AUS`; one that a label file has no column for, or
+    that no frame has a known label for, raises `ValueError`. `subjects`: load only these.
+    Records come by subject, task number, then in the CSV's row order; `source` is the image path.
+    """
+    if missing_images not in ("error", "skip"):
+        raise ValueError(f"missing_images must be 'error' or 'skip', got {missing_images!r}")
+    root = Path(root)
+    au_list = [au_number(a) for a in (BP4D_AUS if aus is None else aus)]
+    if not au_list:
+        raise ValueError("load_bp4d: no AUs asked for")
+    label_dir = _label_dir(root)
+    roots = [Path(image_root)] if image_root is not None else [p for p in (_resolve(root, q) for q in _IMAGE_DIRS) if p]
+    wanted = None if subjects is None else {s.upper() for s in subjects}
+
+    sequences = []
+    for name in listing(label_dir).values():
+        m = _SEQ_RE.match(name)
+        if m and (wanted is None or m.group(1).upper() in wanted):
+            sequences.append((m.group(1).upper(), m.group(2).upper(), label_dir / name))
+    sequences.sort(key=lambda s: (s[0], int(s[1][1:])))
+    if wanted is not None and (lacking := sorted(wanted - {s[0] for s in sequences})):
+        raise ValueError(f"BP4D: no label files in {label_dir} for subjects {lacking}")
+    if not sequences:
+        raise FileNotFoundError(f"BP4D: no label files in {label_dir}")
+
+    int_aus = [a for a in au_list if a in BP4D_INTENSITY_AUS]
+    fera = {}
+    if intensity_root is not None:
+        fera = _fera_files(_fera_dir(Path(intensity_root)), int_aus)
+    notes: list[str] = []
+    records: list[FrameRecord] = []
+    skipped_frames, no_intensity = 0, 0
+    known_any = np.zeros(len(au_list), bool)
+    for subject, task, csv_path in sequences:
+        frames, labels = _read_occ(csv_path, au_list)
+        known_any |= (labels >= 0).any(0)
+        sub_dir = _subject_folder(roots, subject)
+        folder = child(sub_dir, task) if sub_dir is not None else None
+        if folder is None or not folder.is_dir():
+            msg = _missing_folder_message(roots, root, subject, task, csv_path)
+            if missing_images == "error":
+                raise FileNotFoundError(msg)
+            notes.append(f"skipped {len(frames)} frames: {msg}")
+            skipped_frames += len(frames)
+            continue
+        by_frame, width = _image_index(folder)
+        missing = [f for f in frames if f not in by_frame]
+        if missing:
+            shown = ", ".join(f"{f} -> {folder / f'{f:0{max(width, 1)}d}.jpg'}" for f in missing[:3])
+            msg = (f"{csv_path}: {len(missing)} of {len(frames)} labelled frames have no image in {folder} "
+                   f"(zero padding measured there: {width}); e.g. {shown}")  # fmt: skip
+            if missing_images == "error":
+                raise ValueError(msg)
+            notes.append(f"skipped {msg}")
+            skipped_frames += len(missing)
+        intensity = np.full((len(frames), len(au_list)), np.nan, np.float32)
+        files = fera.get((subject, task), {})
+        if fera and not files:
+            no_intensity += 1
+        for au, path in files.items():
+            values = _read_fera(path)
+            j = au_list.index(au)
+            for i, f in enumerate(frames):
+                intensity[i, j] = values.get(f, math.nan)
+        for i, f in enumerate(frames):
+            if f in by_frame:
+                records.append(FrameRecord(subject, f"{subject}_{task}", f, str(folder / by_frame[f]),
+                                           labels[i].copy(), intensity[i].copy(), None))  # fmt: skip
+    unknown = [au_name(a) for a, k in zip(au_list, known_any) if not k]
+    if unknown:
+        raise ValueError(f"BP4D in {label_dir}: the dataset lacks {unknown}: "
+                         "every value in every label file is 9 (unknown)")
+    if skipped_frames:
+        notes.append(f"BP4D: {skipped_frames} labelled frames skipped for want of an image")
+    if no_intensity:
+        notes.append(f"BP4D: {no_intensity} sequences have no FERA 2015 intensity file (intensity NaN there)")
+    for n in notes:
+        log.warning(n)
+    return FrameTable("bp4d", [au_name(a) for a in au_list], records, notes)

@@ -1,0 +1,103 @@
+"""`finetune.py` end to end on small synthetic shards: accelerate with two processes, every fold,
+full fine-tuning and intensity, resumption, published backbones, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finetune.backbone import load_backbone
+from finetune.frames import labelled_subset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.synthetic.clips=36", "data.synthetic.identities=9", "data.synthetic.frames=4", "data.synthetic.size=32",
+        "data.synthetic.shard_samples=12", "data.resize=32", "data.clip_frames=2", "data.num_workers=0",
+        "batch_size=16", "epochs=1"]  # fmt: skip
+
+
+def finetune(run_dir: Path, cache: Path, *extra: str, processes: int = 1, check: bool = True):
+    args = ["finetune.py", f"run_dir={run_dir}", *TINY, *extra]
+    if processes > 1:
+        launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+        cmd = [*launcher, *args]
+    else:
+        cmd = [sys.executable, *args]
+    env = {**os.environ, "AUFORGE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"finetune failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_two_processes_detection_writes_metrics_table_and_plot(tmp_path, cache):
+    proc = finetune(tmp_path / "run", cache, "backbone=resnet18", "label_fraction=0.5", processes=2)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    names = metrics["au_names"]
+    assert len(names) == 18 and len(metrics["per_au"]["f1"]) == 18
+    assert 0.0 <= metrics["mean"]["f1"] <= 1.0 and "f1_tuned" in metrics["per_au"]
+    assert metrics["setting"]["label_fraction"] == 0.5
+    assert all(name in proc.stdout for name in names) and "mean" in proc.stdout
+    with Image.open(tmp_path / "run" / "per_au.png") as image:
+        assert image.width > 200 and len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)) > 4
+
+
+def test_all_folds_reports_each_and_the_mean(tmp_path, cache):
+    finetune(tmp_path / "run", cache, "backbone=resnet18", "fold=all")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert sorted(metrics["per_fold"]) == ["1", "2", "3"]
+    per_fold = [metrics["per_fold"][k]["mean"]["f1"] for k in ("1", "2", "3")]
+    assert metrics["fold_mean"]["f1"] == pytest.approx(per_fold)
+    assert metrics["mean"]["f1"] == pytest.approx(float(np.nanmean(per_fold)), abs=1e-6)
+
+
+def test_full_finetuning_of_a_published_backbone_for_intensity_and_resume(tmp_path, cache):
+    """Publish-format folder in, layer-wise decayed fine-tuning, intensity metrics; a second run
+    with more epochs resumes after the first's last epoch."""
+    from pretrain.model import ClipEncoder
+    from pretrain.publish import backbone_config, backbone_state, write_backbone
+
+    encoder = ClipEncoder("resnet18", 16, "none", 32)
+    folder = write_backbone(tmp_path / "pub", "tiny", backbone_state(encoder.backbone),
+                            backbone_config(encoder, 32, (0.5,) * 3, (0.25,) * 3, {}))  # fmt: skip
+    loaded = load_backbone(str(folder))
+    assert loaded.input_size == 32 and loaded.mean == (0.5, 0.5, 0.5)
+    for key, value in encoder.backbone.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value)
+    run_dir = tmp_path / "run"
+    common = [f"backbone={folder}", "mode=finetune", "task=intensity"]
+    finetune(run_dir, cache, *common)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"icc", "mae", "pearson"} <= set(metrics["per_au"])
+    proc = finetune(run_dir, cache, *common, "epochs=2")
+    assert "resumed after epoch 1" in proc.stdout + proc.stderr
+
+
+def test_bad_settings_are_refused_clearly(tmp_path, cache):
+    with pytest.raises(ValueError, match="no such folder"):
+        load_backbone("not_an_architecture_or_folder")
+    with pytest.raises(ValueError, match="label_fraction"):
+        labelled_subset(np.arange(10), 0.0, seed=0)
+    proc = finetune(tmp_path / "run", cache, "backbone=resnet18", "task=regression", check=False)
+    assert proc.returncode != 0 and "task must be detection or intensity" in proc.stdout + proc.stderr
+
+
+def test_label_fraction_draws_seeded_subsets():
+    train = np.arange(1000)
+    a, rest = labelled_subset(train, 0.02, seed=3)
+    assert len(a) == 20 and len(rest) == 980 and not set(a) & set(rest)
+    assert np.array_equal(a, labelled_subset(train, 0.02, seed=3)[0])
+    assert not np.array_equal(a, labelled_subset(train, 0.02, seed=4)[0])
