@@ -61,13 +61,17 @@ def deepspeed_config(cfg, cuda: bool) -> dict:
 
 
 def data_source(cfg, rank: int) -> str:
-    """The shard set: the configured source, or the synthetic set (made by rank 0, once)."""
-    if cfg.data.source is not None:
+    """The clip shards to pretrain on: `data=shards`, or the synthetic set (rendered by rank 0
+    into the cache while the others wait, then found there by all)."""
+    if cfg.data.kind == "shards":
         return str(cfg.data.source)
+    if cfg.data.kind != "synthetic":
+        raise ValueError(f"pretraining reads clip shards (data=synthetic or data=shards), not data={cfg.data.kind}; "
+                         "write the videos into shards first")  # fmt: skip
     if rank == 0:
-        folder = str(instantiate(cfg.data.synthetic))
+        instantiate(cfg.data.synthetic)
     distributed.barrier()
-    return str(instantiate(cfg.data.synthetic)) if rank != 0 else folder
+    return str(instantiate(cfg.data.synthetic))
 
 
 def build_encoder(cfg, image_size: int) -> ClipEncoder:
