@@ -52,6 +52,7 @@ class FinetuneConfig:
     head: Optional[str] = None  # linear | mlp | temporal; default from mode
     fold: str = "1"  # 1 | 2 | 3 | all
     label_fraction: float = 1.0  # labelled training frames, drawn at random (seeded)
+    sweep_fractions: list[float] = field(default_factory=list)  # several fractions: one run each, F1 plotted against them
     semi: str = "none"  # none | pseudo: pseudo-labels on the unlabelled training frames
     pseudo_threshold: float = 0.9  # confidence for a pseudo-label (p > t present, p < 1 - t absent)
     pseudo_weight: float = 0.5

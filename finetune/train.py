@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,13 @@ def intensity_loss(logits, target) -> torch.Tensor:
     known = ~torch.isnan(target)
     pred = 5 * torch.sigmoid(logits)
     return ((pred - target.nan_to_num(0)) ** 2 * known).sum() / known.sum().clamp(min=1)
+
+
+def pseudo_labels(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Hard labels where the model is confident (p > t: 1, p < 1 - t: 0), else -1 (unknown)."""
+    p = torch.sigmoid(logits)
+    sure = (p > threshold) | (p < 1 - threshold)
+    return torch.where(sure, (p > 0.5).long(), torch.full_like(p, -1, dtype=torch.long))
 
 
 def optimizer_for(model: AUModel, cfg) -> torch.optim.Optimizer:
@@ -164,10 +172,7 @@ def run_fold(cfg, fold: int, frames: Frames, folds, accelerator, backbone_factor
                 extra_batch = next(unlabelled_batches, None)
                 if extra_batch is not None:
                     logits = model(normalise(extra_batch["image"]))["logits"]
-                    with torch.no_grad():
-                        p = torch.sigmoid(logits)
-                        sure = (p > cfg.pseudo_threshold) | (p < 1 - cfg.pseudo_threshold)
-                        pseudo = torch.where(sure, (p > 0.5).long(), torch.full_like(p, -1, dtype=torch.long))
+                    pseudo = pseudo_labels(logits.detach(), cfg.pseudo_threshold)
                     loss = loss + cfg.pseudo_weight * detection_loss(logits, pseudo, pos_weight)
             if "identity" in out:
                 loss = loss + cfg.identity_adversarial * F.cross_entropy(out["identity"], batch["subject"])
@@ -201,6 +206,29 @@ def run_fold(cfg, fold: int, frames: Frames, folds, accelerator, backbone_factor
 
 
 def fit(cfg) -> dict:
+    """One setting, or with `sweep_fractions` one run per label fraction (each in its own
+    RUN_DIR/fraction_F) and F1 against the fraction plotted in RUN_DIR/label_fraction.png."""
+    if not cfg.sweep_fractions:
+        return fit_one(cfg)
+    from omegaconf import open_dict
+
+    results = {}
+    for fraction in cfg.sweep_fractions:
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.label_fraction, sub.sweep_fractions = float(fraction), []
+            sub.run_dir = str(Path(cfg.run_dir) / f"fraction_{fraction:g}")
+        results[float(fraction)] = fit_one(sub)
+    key = "f1" if cfg.task == "detection" else "icc"
+    points = {f: r["mean"][key] for f, r in results.items()}
+    if int(os.environ.get("RANK", "0")) == 0:
+        report.plot_label_fraction(points, Path(cfg.run_dir) / "label_fraction.png", metric=f"mean {key.upper()}")
+        report.write_metrics(Path(cfg.run_dir) / "label_fraction.json", {str(f): v for f, v in points.items()})
+        print("label fraction -> mean " + key + ": " + ", ".join(f"{f:g}: {v:.3f}" for f, v in points.items()))
+    return {"label_fraction": points}
+
+
+def fit_one(cfg) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 

@@ -101,3 +101,41 @@ def test_label_fraction_draws_seeded_subsets():
     assert len(a) == 20 and len(rest) == 980 and not set(a) & set(rest)
     assert np.array_equal(a, labelled_subset(train, 0.02, seed=3)[0])
     assert not np.array_equal(a, labelled_subset(train, 0.02, seed=4)[0])
+
+
+def test_label_fraction_sweep_plots_f1_against_the_fraction(tmp_path, cache):
+    proc = finetune(tmp_path / "run", cache, "backbone=resnet18", "sweep_fractions=[0.1,1.0]")
+    points = json.loads((tmp_path / "run" / "label_fraction.json").read_text())
+    assert set(points) == {"0.1", "1.0"}
+    for fraction in ("0.1", "1"):
+        assert json.loads((tmp_path / "run" / f"fraction_{fraction}" / "metrics.json").read_text())[
+            "setting"]["label_fraction"] == float(fraction)  # fmt: skip
+    assert (tmp_path / "run" / "label_fraction.png").stat().st_size > 1000
+    assert "label fraction -> mean f1" in proc.stdout
+
+
+def test_pseudo_labels_only_where_confident():
+    from finetune.train import detection_loss, pseudo_labels
+
+    logits = torch.logit(torch.tensor([[0.95, 0.5, 0.02], [0.89, 0.11, 0.91]]))
+    assert pseudo_labels(logits, 0.9).tolist() == [[1, -1, 0], [-1, -1, 1]]
+    # unknown (-1) entries carry no loss: only the confident ones count
+    labels = pseudo_labels(logits, 0.9)
+    loss = detection_loss(logits, labels, torch.ones(3))
+    manual = torch.nn.functional.binary_cross_entropy_with_logits(logits[labels >= 0], labels[labels >= 0].float())
+    assert loss == pytest.approx(float(manual))
+
+
+def test_identity_adversary_reverses_the_gradient_into_the_features():
+    from finetune.heads import IdentityAdversary
+
+    torch.manual_seed(0)
+    adversary = IdentityAdversary(8, identities=4, scale=0.5)
+    features = torch.randn(6, 8, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 3, 0, 1])
+    torch.nn.functional.cross_entropy(adversary(features), target).backward()
+    reversed_grad = features.grad.clone()
+    features.grad = None
+    torch.nn.functional.cross_entropy(adversary.classifier(features), target).backward()
+    assert torch.allclose(reversed_grad, -0.5 * features.grad)
+    assert all(p.grad is not None for p in adversary.classifier.parameters())  # the head itself still learns
