@@ -7,9 +7,8 @@ mode=linear (frozen backbone forward under no_grad, linear head), against a bare
 BCE, unknown labels masked), backward, AdamW with timm layer-wise lr decay (`optimizer_for`),
 against a bare timm forward + mean-square loss + backward + plain AdamW step on the same frames.
 
-Full and baseline steps alternate within each round (ABBA order) so machine noise hits both;
-medians over `--steps` rounds after `--warmup`. Overhead = full time / baseline time (target <= 1.15).
-
+Full and baseline alternate each round (ABBA) so machine noise hits both; medians over `--steps`
+rounds after `--warmup`; overhead = full time / baseline time (target <= 1.15). Usage:
     python -m finetune.bench --arch resnet18 --size 56 --batch 64 --steps 20 --warmup 3 --threads 0
 """
 
@@ -107,8 +106,7 @@ def bench(arch="resnet18", size=56, batch=64, steps=20, warmup=3, device=None) -
 
     # (b) full fine-tuning steps
     cfg = FinetuneConfig(backbone=arch, mode="finetune", batch_size=batch)
-    model, normalise = _auforge(arch, size, "finetune", device)
-    model.train()
+    model, normalise = _auforge(arch, size, "finetune", device)  # nn.Module starts in train mode
     optimizer = optimizer_for(model, cfg)
     bare = _bare(arch, size, device).train()
     bare_opt = torch.optim.AdamW(bare.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -146,8 +144,7 @@ def main(argv=None) -> None:
           f"{torch.get_num_threads()} threads, median of {args.steps} steps after {args.warmup} warm-up")  # fmt: skip
     worst = 0.0
     for name, (full, base) in out["results"].items():
-        ratio = full / base
-        worst = max(worst, ratio)
+        ratio, worst = full / base, max(worst, full / base)
         print(f"{name:22s} auforge {args.batch / full:9.1f} frames/s   bare timm {args.batch / base:9.1f} frames/s   "
               f"overhead {ratio:.3f}x (target <= {TARGET}) {'OK' if ratio <= TARGET else 'OVER'}")  # fmt: skip
     print(f"worst overhead {worst:.3f}x: {'within' if worst <= TARGET else 'above'} target {TARGET}")

@@ -27,8 +27,11 @@ def temporal_windows(n_frames: int, length: int, batch: int, g, device) -> torch
     return torch.randint(0, n_frames - length + 1, (batch,), generator=g, device=device)
 
 
-def augment(frames: torch.Tensor, g: torch.Generator, strength: float = 1.0) -> torch.Tensor:
-    """frames float [B, L, 3, H, W] in 0..1 -> augmented, same shape; one draw per clip."""
+def augment(frames: torch.Tensor, g: torch.Generator, strength: float = 1.0, frame_jitter: float = 0.0) -> torch.Tensor:
+    """frames float [B, L, 3, H, W] in 0..1 -> augmented, same shape; one draw per clip, and with
+    `frame_jitter` > 0 a small shift, rotation and scaling of every frame on its own (up to
+    frame_jitter of the side, 1.5 * frame_jitter rad), so that head motion, which drifts with
+    time like expressions do, stops being a reliable cue of time."""
     b, length, c, h, w = frames.shape
     dev = frames.device
     # random resized crop (scale 0.7..1 of the side, aspect 0.9..1.1) and flip, as one affine map
@@ -40,6 +43,17 @@ def augment(frames: torch.Tensor, g: torch.Generator, strength: float = 1.0) -> 
     theta = torch.zeros(b, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * flip, tx, sy, ty
     theta = theta.repeat_interleave(length, dim=0)
+    if frame_jitter > 0:
+        n = b * length
+        angle = _rand(g, n, -1.5 * frame_jitter, 1.5 * frame_jitter, dev)
+        zoom = _rand(g, n, 1 - frame_jitter, 1 + frame_jitter, dev)
+        jitter = torch.zeros(n, 3, 3, device=dev)
+        jitter[:, 0, 0], jitter[:, 0, 1] = zoom * angle.cos(), -zoom * angle.sin()
+        jitter[:, 1, 0], jitter[:, 1, 1] = zoom * angle.sin(), zoom * angle.cos()
+        jitter[:, 0, 2], jitter[:, 1, 2] = _rand(g, n, -2 * frame_jitter, 2 * frame_jitter, dev), _rand(
+            g, n, -2 * frame_jitter, 2 * frame_jitter, dev)  # fmt: skip
+        jitter[:, 2, 2] = 1
+        theta = theta @ jitter
     x = frames.flatten(0, 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
@@ -63,7 +77,7 @@ def augment(frames: torch.Tensor, g: torch.Generator, strength: float = 1.0) -> 
 
 
 def make_views(frames_u8: torch.Tensor, frame_index: torch.Tensor, mean, std, g: torch.Generator,
-               length: int, augmented: bool = True) -> list[dict]:  # fmt: skip
+               length: int, augmented: bool = True, frame_jitter: float = 0.0) -> list[dict]:  # fmt: skip
     """Two views of every clip: {"frames": normalised float [B, L, 3, H, W], "time": [B, L]}."""
     b, t = frames_u8.shape[:2]
     dev = frames_u8.device
@@ -76,7 +90,7 @@ def make_views(frames_u8: torch.Tensor, frame_index: torch.Tensor, mean, std, g:
         gather = idx.view(b, length, 1, 1, 1).expand(-1, -1, *frames_u8.shape[2:])
         x = torch.gather(frames_u8, 1, gather).float() / 255.0
         if augmented:
-            x = augment(x, g)
+            x = augment(x, g, frame_jitter=frame_jitter)
         time = torch.gather(frame_index.to(dev), 1, idx).float()
         views.append({"frames": (x - mean_t) / std_t, "time": time - time[:, :1]})
     return views

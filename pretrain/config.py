@@ -59,6 +59,7 @@ class TrainConfig:
     run_dir: str = "runs/pretrain"
     publish_name: str = "auforge-pretrain"
     augment: bool = True
+    frame_jitter: float = 0.0  # per-frame shift/rotation/scale on top of the per-clip augmentation
 
 
 @dataclass

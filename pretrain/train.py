@@ -144,7 +144,7 @@ class Run:
             marks.append(self._clock())
             g = step_generator(cfg.train.seed, self.step + 1, self.rank, micro, self.device)
             views = make_views(batch.frames, batch.frame_index, self.mean, self.std, g, self.view_length,
-                               cfg.train.augment)  # fmt: skip
+                               cfg.train.augment, cfg.train.frame_jitter)  # fmt: skip
             marks.append(self._clock())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
                 encoded = self.model.encode(views)
