@@ -29,7 +29,7 @@ def extract(encoder, source, split: str | None, clips: int | None, frames: int, 
     out = {"features": [], "au": [], "occ": [], "identity": [], "clip": []}
     was_training = encoder.training
     encoder.eval()
-    for batch in itertools.islice(stream, n_batches):
+    for number, batch in enumerate(itertools.islice(stream, n_batches)):
         keep = batch.valid
         x = batch.to(device).normalized_frames(mean, std)[keep.to(device)]
         encoded = encoder(x)
@@ -38,8 +38,8 @@ def extract(encoder, source, split: str | None, clips: int | None, frames: int, 
         out["au"].append(encoded["au"].flatten(0, 1).float().cpu())
         out["occ"].append(batch.au_occ[keep].flatten(0, 1))
         out["identity"].append(batch.identity[keep].repeat_interleave(t))
-        out["clip"].append(torch.arange(len(out["clip"]) * batch_size, len(out["clip"]) * batch_size + len(batch))[keep]
-                           .repeat_interleave(t))  # fmt: skip
+        clip_ids = number * batch_size + torch.arange(len(batch))  # one id per clip read
+        out["clip"].append(clip_ids[keep].repeat_interleave(t))
     encoder.train(was_training)
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
