@@ -50,6 +50,7 @@ class FinetuneConfig:
     task: str = "detection"  # detection | intensity
     mode: str = "linear"  # linear (frozen backbone) | mlp (frozen, MLP head) | finetune (all, layer-wise lr decay)
     head: Optional[str] = None  # linear | mlp | temporal; default from mode
+    clip_length: int = 4  # frames per clip for the temporal head
     fold: str = "1"  # 1 | 2 | 3 | all
     label_fraction: float = 1.0  # labelled training frames, drawn at random (seeded)
     sweep_fractions: list[float] = field(default_factory=list)  # several fractions: one run each, F1 plotted against them

@@ -27,6 +27,8 @@ class Frames:
     subjects: np.ndarray  # [N] str
     occ: np.ndarray  # int8 [N, A], -1 unknown
     intensity: np.ndarray  # float32 [N, A], NaN unknown
+    sequences: np.ndarray  # [N] str: the clip or video a frame belongs to
+    order: np.ndarray  # [N] int: its frame number there
     images: np.ndarray | None = None
     read: object = None  # callable(i) -> uint8 [S, S, 3] when images is None
 
@@ -46,17 +48,20 @@ def shard_frames(source: str, size: int, clip_frames: int, split: str | None = N
                         resize=size, rank=0, world=1, num_workers=0)  # fmt: skip
     if not stream.au_names:
         raise ValueError(f"{source}: these shards carry no AU labels (no au_names in the manifest)")
-    images, occ, intensity, subjects = [], [], [], []
+    images, occ, intensity, subjects, sequences, order = [], [], [], [], [], []
     identities = {}
     for batch in stream:
         keep = batch.valid
         images.append(batch.frames[keep].permute(0, 1, 3, 4, 2).flatten(0, 1).contiguous().numpy())
         occ.append(batch.au_occ[keep].flatten(0, 1).numpy())
         intensity.append(batch.au_int[keep].flatten(0, 1).numpy())
-        for ident in batch.identity[keep].tolist():
+        order.append(batch.frame_index[keep].flatten().numpy())
+        for ident, key in zip(batch.identity[keep].tolist(), [k for k, ok in zip(batch.keys, keep) if ok]):
             subjects += [identities.setdefault(ident, f"s{ident:x}")] * clip_frames
+            sequences += [key] * clip_frames
     return Frames(manifest.name if manifest else "shards", list(stream.au_names), np.array(subjects),
-                  np.concatenate(occ), np.concatenate(intensity), images=np.concatenate(images))  # fmt: skip
+                  np.concatenate(occ), np.concatenate(intensity), np.array(sequences), np.concatenate(order),
+                  images=np.concatenate(images))  # fmt: skip
 
 
 def table_frames(table, size: int) -> Frames:
@@ -67,6 +72,7 @@ def table_frames(table, size: int) -> Frames:
     return Frames(
         table.name, list(table.au_names), np.array([r.subject for r in records]),
         np.stack([r.occ for r in records]).astype(np.int8), np.stack([r.intensity for r in records]).astype(np.float32),
+        np.array([r.sequence for r in records]), np.array([r.frame for r in records]),
         read=lambda i: read_frame(records[i], size=size),
     )  # fmt: skip
 
@@ -116,3 +122,45 @@ class FrameDataset(torch.utils.data.Dataset):
             "subject": self.subject_ids[self.frames.subjects[i]],
             "index": i,
         }
+
+
+def clip_windows(frames: Frames, indices: np.ndarray, length: int) -> list[np.ndarray]:
+    """`indices` grouped by sequence, in frame order, cut into windows of `length` consecutive
+    frames (the last of a sequence shorter): every frame in exactly one window."""
+    windows = []
+    chosen = np.asarray(indices)
+    for sequence in np.unique(frames.sequences[chosen]):
+        members = chosen[frames.sequences[chosen] == sequence]
+        members = members[np.argsort(frames.order[members], kind="stable")]
+        windows += [members[i : i + length] for i in range(0, len(members), length)]
+    return windows
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Windows of frames for the temporal head: {"image": uint8 [T, 3, S, S], "occ", "intensity",
+    "valid": [T]}; frames without a label in `labelled` keep their place in the clip (context)
+    but carry unknown labels, so the loss is taken only at labelled frames (Sanchez et al.);
+    short windows are padded with invalid frames."""
+
+    def __init__(self, frames: Frames, windows: list[np.ndarray], labelled: np.ndarray, subject_ids, size: int,
+                 length: int):  # fmt: skip
+        self.frames_ds = FrameDataset(frames, np.arange(len(frames)), subject_ids, size)
+        self.windows, self.labelled, self.length = windows, labelled, length
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, k: int) -> dict:
+        window = self.windows[k]
+        items = [self.frames_ds[int(i)] for i in window]
+        pad = self.length - len(items)
+        items += [items[-1]] * pad
+        occ = torch.stack([it["occ"] for it in items])
+        intensity = torch.stack([it["intensity"] for it in items])
+        known = torch.zeros(self.length, dtype=torch.bool)
+        known[: len(window)] = torch.from_numpy(self.labelled[window])
+        occ[~known] = -1
+        intensity[~known] = float("nan")
+        valid = torch.arange(self.length) < len(window)
+        return {"image": torch.stack([it["image"] for it in items]), "occ": occ, "intensity": intensity,
+                "valid": valid, "subject": items[0]["subject"]}  # fmt: skip

@@ -27,7 +27,16 @@ from torch import nn
 
 from finetune import report
 from finetune.backbone import load_backbone
-from finetune.frames import FrameDataset, Frames, fold_indices, labelled_subset, round_robin_folds, shard_frames
+from finetune.frames import (
+    ClipDataset,
+    FrameDataset,
+    Frames,
+    clip_windows,
+    fold_indices,
+    labelled_subset,
+    round_robin_folds,
+    shard_frames,
+)
 from finetune.heads import IdentityAdversary, make_head
 
 log = logging.getLogger("finetune")
@@ -41,15 +50,20 @@ class AUModel(nn.Module):
             self.backbone.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> dict:
+        """Frames [N, 3, H, W] -> logits [N, A]; clips [B, T, 3, H, W] -> logits [B, T, A]."""
+        clips = x.ndim == 5
+        flat = x.flatten(0, 1) if clips else x
         if self.frozen:
             self.backbone.eval()  # frozen means frozen BatchNorm statistics too
             with torch.no_grad():
-                features = self.backbone(x)
+                features = self.backbone(flat)
         else:
-            features = self.backbone(x)
+            features = self.backbone(flat)
+        if clips:
+            features = features.view(x.shape[0], x.shape[1], -1)
         out = {"logits": self.head(features)}
         if self.adversary is not None:
-            out["identity"] = self.adversary(features)
+            out["identity"] = self.adversary(features.mean(1) if clips else features)
         return out
 
 
@@ -128,10 +142,20 @@ def run_fold(cfg, fold: int, frames: Frames, folds, accelerator, backbone_factor
     pos_weight = torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32)
     size = backbone.input_size
     g = torch.Generator().manual_seed(cfg.seed + fold)
-    train_loader = DataLoader(FrameDataset(frames, labelled, subjects, size), batch_size=cfg.batch_size,
-                              shuffle=True, generator=g, num_workers=cfg.data.num_workers, drop_last=False)  # fmt: skip
-    test_loader = DataLoader(FrameDataset(frames, test, subjects, size), batch_size=cfg.batch_size,
-                             num_workers=cfg.data.num_workers)  # fmt: skip
+    if cfg.head == "temporal":  # clips of consecutive frames; the loss only at labelled ones
+        length, known = cfg.clip_length, np.zeros(len(frames), bool)
+        known[labelled] = True
+        windows = [w for w in clip_windows(frames, train, length) if known[w].any()]
+        train_set = ClipDataset(frames, windows, known, subjects, size, length)
+        test_set = ClipDataset(frames, clip_windows(frames, test, length), np.ones(len(frames), bool), subjects,
+                               size, length)  # fmt: skip
+        batch_size = max(1, cfg.batch_size // length)
+    else:
+        train_set = FrameDataset(frames, labelled, subjects, size)
+        test_set, batch_size = FrameDataset(frames, test, subjects, size), cfg.batch_size
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=g,
+                              num_workers=cfg.data.num_workers)  # fmt: skip
+    test_loader = DataLoader(test_set, batch_size=batch_size, num_workers=cfg.data.num_workers)
     extra = []
     if cfg.semi == "pseudo" and len(unlabelled):
         extra = [DataLoader(FrameDataset(frames, unlabelled, subjects, size), batch_size=cfg.batch_size, shuffle=True,
@@ -194,9 +218,10 @@ def run_fold(cfg, fold: int, frames: Frames, folds, accelerator, backbone_factor
                 logits = model(normalise(batch["image"]))["logits"]
                 value = torch.sigmoid(logits) if cfg.task == "detection" else 5 * torch.sigmoid(logits)
                 label = batch["occ"] if cfg.task == "detection" else batch["intensity"]
-                value, label = accelerator.gather_for_metrics((value, label))
-                outs.append(value.cpu())
-                targets.append(label.cpu())
+                valid = batch.get("valid", torch.ones(label.shape[:-1], dtype=torch.bool, device=label.device))
+                value, label, valid = accelerator.gather_for_metrics((value, label, valid))
+                outs.append(value[valid].cpu())  # clips: padding frames out, frames flattened
+                targets.append(label[valid].cpu())
         return torch.cat(outs).numpy(), torch.cat(targets).numpy()
 
     test_pred, test_true = predict(test_loader)

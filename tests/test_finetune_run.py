@@ -139,3 +139,24 @@ def test_identity_adversary_reverses_the_gradient_into_the_features():
     torch.nn.functional.cross_entropy(adversary.classifier(features), target).backward()
     assert torch.allclose(reversed_grad, -0.5 * features.grad)
     assert all(p.grad is not None for p in adversary.classifier.parameters())  # the head itself still learns
+
+
+def test_temporal_head_on_clips_takes_the_loss_at_labelled_frames_only(tmp_path, cache):
+    from finetune.frames import ClipDataset, Frames, clip_windows
+
+    n = 7
+    frames = Frames("t", ["AU1"], np.array(["a"] * n), np.ones((n, 1), np.int8), np.ones((n, 1), np.float32),
+                    np.array(["s1"] * 4 + ["s2"] * 3), np.array([3, 1, 2, 0, 5, 4, 6]),
+                    images=np.zeros((n, 8, 8, 3), np.uint8))  # fmt: skip
+    windows = clip_windows(frames, np.arange(n), 3)
+    assert [w.tolist() for w in windows] == [[3, 1, 2], [0], [5, 4, 6]]  # in frame order, every frame once
+    labelled = np.zeros(n, bool)
+    labelled[[1, 4]] = True
+    item = ClipDataset(frames, windows, labelled, {"a": 0}, 8, 3)[0]
+    assert item["occ"][:, 0].tolist() == [-1, 1, -1] and item["valid"].all()
+    short = ClipDataset(frames, windows, labelled, {"a": 0}, 8, 3)[1]
+    assert short["valid"].tolist() == [True, False, False] and short["occ"][:, 0].tolist() == [-1, -1, -1]
+    # end to end: clips of 2 frames from the synthetic shards
+    finetune(tmp_path / "run", cache, "backbone=resnet18", "head=temporal", "clip_length=2", "label_fraction=0.5")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_frames"] > 0 and 0 <= metrics["mean"]["f1"] <= 1
