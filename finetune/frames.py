@@ -39,20 +39,65 @@ class Frames:
         return self.images[i] if self.images is not None else self.read(i)
 
 
+# Where stable landmarks (eye corners, nose bridge and base; iBUG-68 indices) go in an aligned
+# crop, as fractions of its side: eyes level at 0.4, outer corners 0.4 of the side apart.
+ALIGN_POINTS = [36, 39, 42, 45, 27, 30, 33]
+ALIGN_TEMPLATE = np.array([[0.30, 0.40], [0.413, 0.40], [0.587, 0.40], [0.70, 0.40], [0.50, 0.40], [0.50, 0.57],
+                           [0.50, 0.595]], np.float32)  # fmt: skip
+
+
+def similarity_to_template(points: np.ndarray) -> np.ndarray:
+    """Least-squares similarity [2, 3] taking `points` [K, 2] onto ALIGN_TEMPLATE (unit square)."""
+    src, dst = points - points.mean(0), ALIGN_TEMPLATE - ALIGN_TEMPLATE.mean(0)
+    a = (src * dst).sum() / (src**2).sum()
+    b = (src[:, 0] * dst[:, 1] - src[:, 1] * dst[:, 0]).sum() / (src**2).sum()
+    rot = np.array([[a, -b], [b, a]], np.float32)
+    return np.concatenate([rot, (ALIGN_TEMPLATE.mean(0) - rot @ points.mean(0))[:, None]], 1)
+
+
+def align_faces(images: torch.Tensor, landmarks: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [N, 3, H, W] frames warped so that their landmarks [N, 68, 2] (pixels) fall on the
+    template, into [N, 3, size, size]; frames without landmarks are only resized."""
+    n, _, h, w = images.shape
+    theta = torch.zeros(n, 2, 3)
+    for i in range(n):
+        points = landmarks[i, ALIGN_POINTS].numpy()
+        if np.isfinite(points).all():
+            m = np.concatenate([similarity_to_template(points), [[0, 0, 1]]]).astype(np.float64)
+            inv = np.linalg.inv(m)  # aligned unit square -> source pixels
+            # grid_sample works in [-1, 1] on both sides: compose the unit-square and pixel maps
+            out_to_unit = np.array([[0.5, 0, 0.5], [0, 0.5, 0.5], [0, 0, 1]])
+            pix_to_norm = np.array([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]])
+            theta[i] = torch.from_numpy((pix_to_norm @ inv @ out_to_unit)[:2]).float()
+        else:
+            theta[i] = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    grid = torch.nn.functional.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    out = torch.nn.functional.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
+                                          align_corners=False)  # fmt: skip
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
 def shard_frames(source: str, size: int, clip_frames: int, split: str | None = None) -> Frames:
-    """`clip_frames` frames spread over every clip of a labelled shard set, resized to `size`."""
+    """`clip_frames` frames spread over every clip of a labelled shard set, aligned by their
+    landmarks (where the shards have them) into `size` x `size` crops."""
     manifest = Manifest.load(source) if Path(source).exists() else None
     stored = manifest.frames_per_clip if manifest else clip_frames
     stride = max(1, stored // clip_frames)
     stream = ClipStream(source, split=split, frames=clip_frames, stride=stride, batch_size=32, mode="exact",
-                        resize=size, rank=0, world=1, num_workers=0)  # fmt: skip
+                        rank=0, world=1, num_workers=0)  # fmt: skip
     if not stream.au_names:
         raise ValueError(f"{source}: these shards carry no AU labels (no au_names in the manifest)")
     images, occ, intensity, subjects, sequences, order = [], [], [], [], [], []
     identities = {}
     for batch in stream:
         keep = batch.valid
-        images.append(batch.frames[keep].permute(0, 1, 3, 4, 2).flatten(0, 1).contiguous().numpy())
+        frames = batch.frames[keep].flatten(0, 1)
+        if batch.landmarks is not None:
+            frames = align_faces(frames, batch.landmarks[keep].flatten(0, 1), size)
+        elif frames.shape[-1] != size:
+            frames = torch.nn.functional.interpolate(frames.float(), size=(size, size), mode="bilinear",
+                                                     antialias=True).round().clamp(0, 255).to(torch.uint8)  # fmt: skip
+        images.append(frames.permute(0, 2, 3, 1).contiguous().numpy())
         occ.append(batch.au_occ[keep].flatten(0, 1).numpy())
         intensity.append(batch.au_int[keep].flatten(0, 1).numpy())
         order.append(batch.frame_index[keep].flatten().numpy())

@@ -160,3 +160,25 @@ def test_temporal_head_on_clips_takes_the_loss_at_labelled_frames_only(tmp_path,
     finetune(tmp_path / "run", cache, "backbone=resnet18", "head=temporal", "clip_length=2", "label_fraction=0.5")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_frames"] > 0 and 0 <= metrics["mean"]["f1"] <= 1
+
+
+def test_faces_are_aligned_by_their_landmarks():
+    """A frame whose stable landmarks are the template turned, scaled and shifted comes out with a
+    marked landmark exactly where the template puts it."""
+    from finetune.frames import ALIGN_POINTS, ALIGN_TEMPLATE, align_faces
+
+    angle, scale, shift = 0.3, 70.0, np.array([20.0, 15.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    landmarks = np.full((1, 68, 2), np.nan, np.float32)
+    landmarks[0, ALIGN_POINTS] = (ALIGN_TEMPLATE @ rot.T) * scale + shift
+    image = torch.zeros(1, 3, 112, 112, dtype=torch.uint8)
+    x, y = np.floor(landmarks[0, 45]).astype(int)  # the right eye's outer corner, within half a pixel
+    image[0, :, y - 1 : y + 2, x - 1 : x + 2] = 255
+    out = align_faces(image, torch.from_numpy(landmarks), 56)[0, 0].float()
+    rows, cols = torch.meshgrid(torch.arange(56.0) + 0.5, torch.arange(56.0) + 0.5, indexing="ij")
+    centre = ((out * cols).sum() / out.sum(), (out * rows).sum() / out.sum())  # (x, y), pixel centres at +0.5
+    expected = ALIGN_TEMPLATE[3] * 56  # (x, y) of point 45 in the template
+    assert abs(float(centre[0]) - expected[0]) <= 0.7 and abs(float(centre[1]) - expected[1]) <= 0.7
+    # without landmarks: a plain resize
+    plain = align_faces(image, torch.full((1, 68, 2), float("nan")), 56)
+    assert plain.shape == (1, 3, 56, 56)
