@@ -63,16 +63,14 @@ def _auforge(arch: str, size: int, mode: str, device: torch.device):
     from finetune.backbone import load_backbone
     from finetune.heads import make_head
     from finetune.train import AUModel
+    from shards.batch import normalize
 
     torch.manual_seed(0)
     backbone = load_backbone(arch, input_size=size)
     head = make_head("linear", backbone.num_features, N_AUS)
     model = AUModel(backbone.model, head, frozen=mode != "finetune", adversary=None).to(device)
-    mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1)
-
     def normalise(images):  # as finetune.train.run_fold does
-        return (images.float() / 255 - mean) / std
+        return normalize(images, backbone.mean, backbone.std)
 
     return model, normalise
 

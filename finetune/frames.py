@@ -77,6 +77,16 @@ def align_faces(images: torch.Tensor, landmarks: torch.Tensor, size: int) -> tor
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def face_crops(frames: torch.Tensor, landmarks: torch.Tensor | None, size: int) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> [N, 3, size, size]: aligned by landmarks where there are any, else resized."""
+    if landmarks is not None:
+        return align_faces(frames, landmarks, size)
+    if frames.shape[-2:] == (size, size):
+        return frames
+    resized = torch.nn.functional.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
 def shard_frames(source: str, size: int, clip_frames: int, split: str | None = None) -> Frames:
     """`clip_frames` frames spread over every clip of a labelled shard set, aligned by their
     landmarks (where the shards have them) into `size` x `size` crops."""
@@ -91,12 +101,8 @@ def shard_frames(source: str, size: int, clip_frames: int, split: str | None = N
     identities = {}
     for batch in stream:
         keep = batch.valid
-        frames = batch.frames[keep].flatten(0, 1)
-        if batch.landmarks is not None:
-            frames = align_faces(frames, batch.landmarks[keep].flatten(0, 1), size)
-        elif frames.shape[-1] != size:
-            frames = torch.nn.functional.interpolate(frames.float(), size=(size, size), mode="bilinear",
-                                                     antialias=True).round().clamp(0, 255).to(torch.uint8)  # fmt: skip
+        landmarks = batch.landmarks[keep].flatten(0, 1) if batch.landmarks is not None else None
+        frames = face_crops(batch.frames[keep].flatten(0, 1), landmarks, size)
         images.append(frames.permute(0, 2, 3, 1).contiguous().numpy())
         occ.append(batch.au_occ[keep].flatten(0, 1).numpy())
         intensity.append(batch.au_int[keep].flatten(0, 1).numpy())

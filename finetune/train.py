@@ -38,6 +38,7 @@ from finetune.frames import (
     shard_frames,
 )
 from finetune.heads import IdentityAdversary, make_head
+from shards.batch import normalize
 
 log = logging.getLogger("finetune")
 
@@ -166,12 +167,10 @@ def run_fold(cfg, fold: int, frames: Frames, folds, accelerator, backbone_factor
     model, optimizer, train_loader, test_loader, *extra = accelerator.prepare(
         model, optimizer, train_loader, test_loader, *extra
     )
-    mean = torch.tensor(backbone.mean, device=accelerator.device).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std, device=accelerator.device).view(1, 3, 1, 1)
     pos_weight = pos_weight.to(accelerator.device)
 
-    def normalise(images):
-        return (images.float() / 255 - mean) / std
+    def normalise(images):  # on the device, as DESIGN.md asks
+        return normalize(images, backbone.mean, backbone.std)
 
     ckpt = Path(cfg.run_dir) / f"fold{fold}" / "checkpoint"
     start = 0

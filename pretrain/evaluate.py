@@ -14,7 +14,9 @@ import itertools
 import numpy as np
 import torch
 
+from finetune.frames import face_crops
 from finetune.probe import identity_probe, knn_probe, linear_probe
+from shards.batch import normalize
 from shards.stream import ClipStream
 
 
@@ -22,18 +24,22 @@ from shards.stream import ClipStream
 def extract(encoder, source, split: str | None, clips: int | None, frames: int, resize: int | None,
             mean, std, device, batch_size: int = 32) -> dict[str, np.ndarray]:  # fmt: skip
     """Per-frame backbone features, AU embeddings, AU occurrence labels and identities of the
-    first `clips` clips of a split (all when None), read once in manifest order."""
+    first `clips` clips of a split (all when None), read once in manifest order. Frames are
+    aligned by their landmarks where the shards have them, as fine-tuning aligns them."""
     stream = ClipStream(source, split=split, frames=frames, stride=1, batch_size=batch_size, mode="exact",
-                        resize=resize, rank=0, world=1, num_workers=0)  # fmt: skip
+                        rank=0, world=1, num_workers=0)  # fmt: skip
+    size = resize or stream.cfg.size[0]
     n_batches = len(stream) if clips is None else min(len(stream), -(-clips // batch_size))
     out = {"features": [], "au": [], "occ": [], "identity": [], "clip": []}
     was_training = encoder.training
     encoder.eval()
     for number, batch in enumerate(itertools.islice(stream, n_batches)):
         keep = batch.valid
-        x = batch.to(device).normalized_frames(mean, std)[keep.to(device)]
+        t = batch.frames.shape[1]
+        landmarks = batch.landmarks[keep].flatten(0, 1) if batch.landmarks is not None else None
+        crops = face_crops(batch.frames[keep].flatten(0, 1), landmarks, size)
+        x = normalize(crops.unflatten(0, (-1, t)).to(device), mean, std)
         encoded = encoder(x)
-        t = x.shape[1]
         out["features"].append(encoded["features"].flatten(0, 1).float().cpu())
         out["au"].append(encoded["au"].flatten(0, 1).float().cpu())
         out["occ"].append(batch.au_occ[keep].flatten(0, 1))

@@ -46,6 +46,11 @@ class ClipBatch:
 
     def normalized_frames(self, mean, std, dtype=torch.float32) -> torch.Tensor:
         """Frames as `dtype` [B, T, 3, H, W], scaled to 0..1 and normalised, on their device."""
-        mean_t = torch.as_tensor(mean, dtype=dtype, device=self.frames.device).view(1, 1, 3, 1, 1)
-        std_t = torch.as_tensor(std, dtype=dtype, device=self.frames.device).view(1, 1, 3, 1, 1)
-        return (self.frames.to(dtype) / 255.0 - mean_t) / std_t
+        return normalize(self.frames, mean, std, dtype)
+
+
+def normalize(frames: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
+    """uint8 frames [..., 3, H, W] as `dtype`, scaled to 0..1 and normalised per channel, on their device."""
+    mean_t = torch.as_tensor(mean, dtype=dtype, device=frames.device).view(3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=dtype, device=frames.device).view(3, 1, 1)
+    return (frames.to(dtype) / 255.0 - mean_t) / std_t
