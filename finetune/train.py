@@ -14,6 +14,7 @@ the training subject from the features, pushing the backbone to drop identity.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -260,13 +261,13 @@ def fit_one(cfg) -> dict:
     set_seed(cfg.seed)
     if cfg.task not in ("detection", "intensity") or cfg.mode not in ("linear", "mlp", "finetune"):
         raise ValueError(f"task must be detection or intensity and mode linear, mlp or finetune; got {cfg.task}, {cfg.mode}")
+    torch.manual_seed(cfg.seed)  # a random-init backbone starts the same on every rank
     probe = load_backbone(cfg.backbone, input_size=cfg.data.resize)
     frames, folds = load_frames(cfg, probe.input_size)
     folds_to_run = [1, 2, 3] if str(cfg.fold) == "all" else [int(cfg.fold)]
 
     def backbone_factory():
-        torch.manual_seed(cfg.seed)  # the same start on every rank and fold
-        return load_backbone(cfg.backbone, input_size=cfg.data.resize)
+        return copy.deepcopy(probe)  # every fold starts from the same weights, read once
 
     results = {fold: run_fold(cfg, fold, frames, folds, accelerator, backbone_factory) for fold in folds_to_run}
     combined = report.combine_folds(results) if len(results) > 1 else results[folds_to_run[0]]

@@ -233,6 +233,20 @@ def _au_labels(group: dict, n_stored: int, n_aus: int, chosen: np.ndarray) -> di
     return {"au_occ": au["occ"].astype(np.int8), "au_int": au["int"].astype(np.float32)}
 
 
+def first_sample(urls) -> tuple[dict, int]:
+    """Metadata and AU count of the first readable clip among `urls`, for sets without a manifest."""
+    from shards.format import load_npy
+
+    for url in urls:
+        try:
+            for group in iter_groups(url):
+                n_aus = load_npy(group["au.npy"]).shape[1] if "au.npy" in group else 0
+                return metadata_of(group), n_aus
+        except (BadSample, ValueError, IndexError):
+            continue
+    raise ValueError(f"no readable sample in {urls[0] if urls else 'no shards'} and the shards after it")
+
+
 def metadata_of(group: dict) -> dict:
     """Parsed metadata of a group without decoding frames (for counting and inspection)."""
     if "json" not in group:

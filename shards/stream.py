@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.batch import ClipBatch
-from shards.decode import ERROR_KINDS, BadSample, DecodedClip, decode_clip, iter_groups
+from shards.decode import ERROR_KINDS, BadSample, DecodedClip, decode_clip, first_sample, iter_groups
 from shards.format import N_LANDMARKS, stable_id
 from shards.sources import ShardSource, resolve
 
@@ -428,18 +428,8 @@ class ClipStream:
 
     def _probe(self) -> tuple[tuple[int, int], int]:
         """Frame size and AU count of the first readable sample, for sources without a manifest."""
-        from shards.decode import metadata_of
-        from shards.format import load_npy
-
-        for source in self.sources:
-            for url in source.urls[:8]:
-                try:
-                    for group in iter_groups(url):
-                        n_aus = load_npy(group["au.npy"]).shape[1] if "au.npy" in group else 0
-                        return tuple(metadata_of(group)["size"]), n_aus
-                except (BadSample, ValueError, IndexError):
-                    continue
-        raise ValueError(f"no readable sample in the first shards of {self.sources[0].urls[0]}")
+        meta, n_aus = first_sample([url for source in self.sources for url in source.urls[:8]])
+        return tuple(meta["size"]), n_aus
 
     @property
     def au_names(self) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.decode import BadSample, decode_clip, iter_groups
+from shards.decode import BadSample, decode_clip, first_sample, iter_groups
 from shards.manifest import MANIFEST_NAME, Manifest
 
 
@@ -106,15 +106,11 @@ def verify(target: str | Path) -> tuple[list[ShardReport], list[str]]:
 
 
 def _au_count(path: Path) -> int:
-    from shards.format import load_npy
-
+    """Without a manifest, the AU count the shard's first readable clip has (0 when none is)."""
     try:
-        for group in iter_groups(str(path)):
-            if "au.npy" in group:
-                return load_npy(group["au.npy"]).shape[1]
-    except (BadSample, ValueError, IndexError):
-        pass
-    return 0
+        return first_sample([str(path)])[1]
+    except ValueError:
+        return 0
 
 
 def main(target: str) -> int:
