@@ -93,8 +93,8 @@ class Run:
         self.rank, self.world, self.device = distributed.init()
         self.run_dir = Path(cfg.train.run_dir)
         self.source = data_source(cfg, self.rank)
-        manifest = Manifest.load(self.source) if Path(self.source).exists() else None
-        size = cfg.data.resize or (manifest.frame_size[0] if manifest else 112)
+        self.manifest = Manifest.load(self.source) if Path(self.source).exists() else None  # URLs: none
+        size = cfg.data.resize or (self.manifest.frame_size[0] if self.manifest else 112)
         self.image_size = size
         self.stream = ClipStream(
             self.source, split=cfg.data.train_split, frames=cfg.data.frames, stride=cfg.data.stride,
@@ -211,11 +211,10 @@ def publish(run: Run, results: dict) -> Path:
     from pretrain.publish import backbone_config, backbone_state, write_backbone
 
     cfg = run.cfg
-    manifest = Manifest.load(run.source) if Path(run.source).exists() else None
     auforge = {
         "objectives": OmegaConf.to_container(cfg.objectives, resolve=True),
         "data": {"source": run.source, "split": cfg.data.train_split,
-                 "manifest_digest": manifest.digest() if manifest else None},  # fmt: skip
+                 "manifest_digest": run.manifest.digest() if run.manifest else None},  # fmt: skip
         "steps": run.step,
         "samples_seen": run.samples,
         "code_version": code_version(),
