@@ -4,6 +4,7 @@ architecture at random initialisation (the baseline)."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +35,36 @@ def _folder_config(folder: Path) -> dict:
     return config
 
 
-def load_backbone(spec: str, *, input_size: int | None = None) -> Backbone:
-    """`spec`: a published folder (DESIGN.md's format) or a timm architecture name.
+def published_folder(spec: str, index: str | None = None) -> Path | None:
+    """The local folder of the published backbone `spec` names (fetched and verified by
+    finetune.hub when it is a URL, `hf:` repository or index name), or None for a timm name (a
+    timm architecture wins over an index entry of the same name)."""
+    from finetune import hub
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if hub.is_remote(spec):
+        return hub.fetch(spec, index=index)
+    if timm.is_model(spec):
+        return None
+    if index or os.environ.get(hub.INDEX_ENV):
+        return hub.fetch(spec, index=index)
+    if path.suffix:
+        raise ValueError(f"backbone {spec!r}: no such folder on this machine, and not a timm architecture")
+    raise ValueError(f"backbone {spec!r}: no such folder, timm has no architecture of that name, and no index "
+                     f"is set to look the name up in (${hub.INDEX_ENV})")  # fmt: skip
+
+
+def load_backbone(spec: str, *, input_size: int | None = None, index: str | None = None) -> Backbone:
+    """`spec`: a published backbone (a folder, a URL, `hf://owner/repo`, or a name in `index`,
+    else in $AUFORGE_HUB_INDEX: see finetune.hub) or a timm architecture name.
 
     Weights load through timm itself (`pretrained_cfg_overlay=dict(file=...)`, strict keys), as
     any user without auforge would load them; only safetensors and JSON are read.
     """
-    path = Path(spec).expanduser()
-    if path.is_dir():
+    path = published_folder(spec, index)
+    if path is not None:
         config = _folder_config(path)
         pcfg = config["pretrained_cfg"]
         model = timm.create_model(
@@ -51,11 +74,6 @@ def load_backbone(spec: str, *, input_size: int | None = None) -> Backbone:
         size = int(pcfg["input_size"][-1])
         return Backbone(model, config["architecture"], model.num_features, size, tuple(pcfg["mean"]),
                         tuple(pcfg["std"]), str(path))  # fmt: skip
-    if "://" in spec or path.suffix:
-        raise ValueError(f"backbone {spec!r}: neither a published folder on this machine nor a timm architecture; "
-                         "downloading from URLs and indexes is the job of finetune.hub")  # fmt: skip
-    if not timm.is_model(spec):
-        raise ValueError(f"backbone {spec!r}: no such folder, and timm has no architecture of that name")
     size = input_size or 224
     args = {"img_size": size} if any(k in spec for k in ("vit", "deit", "swin", "eva", "beit")) else {}
     model = timm.create_model(spec, pretrained=False, num_classes=0, **args)

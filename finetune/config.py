@@ -45,7 +45,8 @@ class DataConfig:
 
 @dataclass
 class FinetuneConfig:
-    backbone: str = "resnet18"  # a published folder, or a timm architecture (random initialisation)
+    backbone: str = "resnet18"  # a published folder, URL, hf://owner/repo, index name, or timm architecture (random init)
+    backbone_index: Optional[str] = None  # index.json (path or URL) to look backbone names up in; else $AUFORGE_HUB_INDEX
     data: DataConfig = field(default_factory=DataConfig)
     task: str = "detection"  # detection | intensity
     mode: str = "linear"  # linear (frozen backbone) | mlp (frozen, MLP head) | finetune (all, layer-wise lr decay)

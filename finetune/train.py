@@ -262,7 +262,7 @@ def fit_one(cfg) -> dict:
     if cfg.task not in ("detection", "intensity") or cfg.mode not in ("linear", "mlp", "finetune"):
         raise ValueError(f"task must be detection or intensity and mode linear, mlp or finetune; got {cfg.task}, {cfg.mode}")
     torch.manual_seed(cfg.seed)  # a random-init backbone starts the same on every rank
-    probe = load_backbone(cfg.backbone, input_size=cfg.data.resize)
+    probe = load_backbone(cfg.backbone, input_size=cfg.data.resize, index=cfg.backbone_index)
     frames, folds = load_frames(cfg, probe.input_size)
     folds_to_run = [1, 2, 3] if str(cfg.fold) == "all" else [int(cfg.fold)]
 

@@ -208,21 +208,14 @@ def code_version() -> str:
 
 
 def publish(run: Run, results: dict) -> Path:
-    from pretrain.publish import backbone_config, backbone_state, write_backbone
+    """The final weights into RUN_DIR/published/NAME (card and index entry included), replacing
+    an earlier publication of this run."""
+    from pretrain.publish import auforge_block, backbone_config, backbone_state, publish_backbone
 
-    cfg = run.cfg
-    auforge = {
-        "objectives": OmegaConf.to_container(cfg.objectives, resolve=True),
-        "data": {"source": run.source, "split": cfg.data.train_split,
-                 "manifest_digest": run.manifest.digest() if run.manifest else None},  # fmt: skip
-        "steps": run.step,
-        "samples_seen": run.samples,
-        "code_version": code_version(),
-        "evaluation": results,
-    }
+    auforge = auforge_block(run.cfg, run.source, run.manifest, run.step, run.samples, results)
     config = backbone_config(run.model.encoder, run.image_size, run.mean, run.std, auforge)
     state = backbone_state(run.model.encoder.backbone)
-    return write_backbone(run.run_dir / "published", cfg.train.publish_name, state, config, overwrite=True)
+    return publish_backbone(run.run_dir / "published", run.cfg.train.publish_name, state, config, overwrite=True)
 
 
 def fit(cfg) -> dict:
