@@ -77,8 +77,11 @@ def augment(frames: torch.Tensor, g: torch.Generator, strength: float = 1.0, fra
 
 
 def make_views(frames_u8: torch.Tensor, frame_index: torch.Tensor, mean, std, g: torch.Generator,
-               length: int, augmented: bool = True, frame_jitter: float = 0.0) -> list[dict]:  # fmt: skip
-    """Two views of every clip: {"frames": normalised float [B, L, 3, H, W], "time": [B, L]}."""
+               length: int, augmented: bool = True, frame_jitter: float = 0.0, strength: float = 1.0,
+               landmarks: torch.Tensor | None = None) -> list[dict]:  # fmt: skip
+    """Two views of every clip: {"frames": normalised float [B, L, 3, H, W], "time": [B, L]}, and
+    with `landmarks` [B, T, P, 2] their rows for the view's frames under "landmarks" (as they
+    were before augmentation: objectives predict the aligned face, not the crop)."""
     b, t = frames_u8.shape[:2]
     dev = frames_u8.device
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=dev).view(1, 1, 3, 1, 1)
@@ -90,7 +93,9 @@ def make_views(frames_u8: torch.Tensor, frame_index: torch.Tensor, mean, std, g:
         gather = idx.view(b, length, 1, 1, 1).expand(-1, -1, *frames_u8.shape[2:])
         x = torch.gather(frames_u8, 1, gather).float() / 255.0
         if augmented:
-            x = augment(x, g, frame_jitter=frame_jitter)
+            x = augment(x, g, strength=strength, frame_jitter=frame_jitter)
         time = torch.gather(frame_index.to(dev), 1, idx).float()
         views.append({"frames": (x - mean_t) / std_t, "time": time - time[:, :1]})
+        if landmarks is not None:
+            views[-1]["landmarks"] = torch.gather(landmarks, 1, idx.view(b, length, 1, 1).expand(-1, -1, *landmarks.shape[2:]))
     return views

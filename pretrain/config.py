@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -30,7 +30,7 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr: float = 2e-3  # peak, for the global batch of `lr_batch` clips; scaled linearly
-    lr_batch: int = 256
+    lr_batch: int = 16  # the embedded default's batch; the cluster presets say 256
     min_lr_ratio: float = 0.01
     warmup_steps: int = 30
     weight_decay: float = 0.05  # not applied to norms and biases
@@ -49,7 +49,7 @@ class DeepSpeedConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 16  # clips per rank and micro-step
     seed: int = 0
     log_every: int = 10
@@ -59,14 +59,18 @@ class TrainConfig:
     run_dir: str = "runs/pretrain"
     publish_name: str = "auforge-pretrain"
     augment: bool = True
+    augment_strength: float = 0.3  # scales the crop, colour and blur ranges: faces stay near their aligned place
+    align: bool = True  # warp frames onto the landmark template (as fine-tuning and the probes do) where shards have landmarks
     frame_jitter: float = 0.0  # per-frame shift/rotation/scale on top of the per-clip augmentation
 
 
 @dataclass
 class EvalConfig:
     enabled: bool = True
-    probe_clips: int = 240  # labelled training-split clips the probes learn from
-    frames: int = 4  # frames per clip for the probes
+    probe_clips: Optional[int] = None  # training-split clips the probes read (None: all)
+    frames: int = 16  # frames per clip for the probes, spread over the clip
+    label_fraction: float = 0.02  # of the read training frames, labelled for the linear probe (sparse labels)
+    label_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # one draw of labelled frames each
     knn_k: int = 20
     random_baseline: bool = True  # also probe the same backbone at random initialisation
 

@@ -1,8 +1,11 @@
 """Probes of a frozen encoder during and after pretraining.
 
-* AU linear probe and kNN probe: learn AU occurrence from labelled clips of the training split's
-  identities and test on the held-out identities (subject-exclusive), on the backbone's pooled
-  features: what a published backbone gives a user.
+* AU linear probe with sparse labels (the synthetic benchmark): a seeded random
+  `eval.label_fraction` (2%) of the training split's frames keep their labels, a linear probe
+  learns AU occurrence from them and is tested on the held-out identities (subject-exclusive),
+  on the backbone's pooled features (what a published backbone gives a user); mean F1 per draw,
+  and their mean over `eval.label_seeds`.
+* kNN probe: the same features, every training frame labelled.
 * Identity leakage: how well a linear classifier tells the held-out people apart from the frozen
   AU embedding (lower is more person-independent), with chance beside it.
 """
@@ -10,23 +13,25 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from finetune.frames import face_crops
+from finetune.frames import face_crops, labelled_subset
 from finetune.probe import identity_probe, knn_probe, linear_probe
 from shards.batch import normalize
+from shards.manifest import Manifest
 from shards.stream import ClipStream
 
 
 @torch.no_grad()
 def extract(encoder, source, split: str | None, clips: int | None, frames: int, resize: int | None,
-            mean, std, device, batch_size: int = 32) -> dict[str, np.ndarray]:  # fmt: skip
+            mean, std, device, batch_size: int = 32, stride: int = 1) -> dict[str, np.ndarray]:  # fmt: skip
     """Per-frame backbone features, AU embeddings, AU occurrence labels and identities of the
     first `clips` clips of a split (all when None), read once in manifest order. Frames are
     aligned by their landmarks where the shards have them, as fine-tuning aligns them."""
-    stream = ClipStream(source, split=split, frames=frames, stride=1, batch_size=batch_size, mode="exact",
+    stream = ClipStream(source, split=split, frames=frames, stride=stride, batch_size=batch_size, mode="exact",
                         rank=0, world=1, num_workers=0)  # fmt: skip
     size = resize or stream.cfg.size[0]
     n_batches = len(stream) if clips is None else min(len(stream), -(-clips // batch_size))
@@ -53,14 +58,22 @@ def extract(encoder, source, split: str | None, clips: int | None, frames: int, 
 def probe_encoder(encoder, cfg, source, mean, std, device) -> dict[str, float]:
     """The three probes on one encoder, as flat numbers for logging."""
     ev, data = cfg.eval, cfg.data
-    train = extract(encoder, source, data.train_split, ev.probe_clips, ev.frames, data.resize, mean, std, device)
-    test = extract(encoder, source, data.eval_split, None, ev.frames, data.resize, mean, std, device)
-    linear = linear_probe(train["features"], train["occ"], test["features"], test["occ"], seed=cfg.train.seed)
+    manifest = Manifest.load(source) if Path(source).exists() else None
+    stride = max(1, manifest.frames_per_clip // ev.frames) if manifest else 1  # frames spread over the clip
+    train = extract(encoder, source, data.train_split, ev.probe_clips, ev.frames, data.resize, mean, std, device,
+                    stride=stride)  # fmt: skip
+    test = extract(encoder, source, data.eval_split, None, ev.frames, data.resize, mean, std, device, stride=stride)
+    draws = {}
+    for seed in ev.label_seeds:
+        labelled, _ = labelled_subset(np.arange(len(train["occ"])), ev.label_fraction, seed)
+        draws[seed] = linear_probe(train["features"][labelled], train["occ"][labelled], test["features"], test["occ"],
+                                   seed=seed)["mean_f1"]  # fmt: skip
     knn = knn_probe(train["features"], train["occ"], test["features"], test["occ"], k=ev.knn_k)
     # split by clip: frames of one clip are near-duplicates and would pass for identity
     leak = identity_probe(test["au"], test["identity"], groups=test["clip"], seed=cfg.train.seed)
     return {
-        "probe/linear_f1": float(linear["mean_f1"]),
+        "probe/linear_f1": float(np.mean(list(draws.values()))),
+        **{f"probe/linear_f1_seed{seed}": float(f1) for seed, f1 in draws.items()},
         "probe/knn_f1": float(knn["mean_f1"]),
         "probe/identity_acc": float(leak["accuracy"]),
         "probe/identity_chance": float(leak["chance"]),

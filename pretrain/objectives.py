@@ -7,6 +7,8 @@ the view's first frame). An objective owns its heads; heads are never published.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -26,16 +28,19 @@ def register(name: str):
     return wrap
 
 
-def build_objectives(spec: dict, embed_dim: int) -> tuple[nn.ModuleDict, dict[str, float]]:
-    """Objectives and their weights from the config: {name: {weight: w, ...arguments}}."""
+def build_objectives(spec: dict, embed_dim: int, feature_dim: int = 0) -> tuple[nn.ModuleDict, dict[str, float]]:
+    """Objectives and their weights from the config: {name: {weight: w, ...arguments}}. Each
+    gets the sizes it asks for by name: `embed_dim` (AU embedding), `feature_dim` (backbone)."""
     modules, weights = nn.ModuleDict(), {}
     for name, args in spec.items():
         if name not in OBJECTIVES:
             raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}")
         args = dict(args or {})
         weights[name] = float(args.pop("weight", 1.0))
+        sizes = {"embed_dim": embed_dim, "feature_dim": feature_dim}
+        wanted = inspect.signature(OBJECTIVES[name]).parameters
         try:
-            modules[name] = OBJECTIVES[name](embed_dim=embed_dim, **args)
+            modules[name] = OBJECTIVES[name](**{k: v for k, v in sizes.items() if k in wanted}, **args)
         except TypeError as e:
             raise ValueError(f"objective {name!r}: {e}") from None
     if not modules:
@@ -116,6 +121,84 @@ class ClipContrastive(nn.Module):
         return {self.name: loss}
 
 
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+class Whitening(nn.Module):
+    """Running mean and covariance of a target (buffers: checkpointed with the model, and equal on
+    every rank since each update sums the global batch), and the map onto its top `components`
+    principal axes scaled to unit variance."""
+
+    def __init__(self, dim: int, components: int, momentum: float):
+        super().__init__()
+        self.components, self.momentum = components, momentum
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("cov", torch.eye(dim))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:  # [N, dim], finite rows only
+        stats = all_reduce_sum(torch.cat([x.new_tensor([len(x)]), x.sum(0), (x.T @ x).flatten()]).double())
+        n, d = stats[0].clamp_min(1), x.shape[1]
+        mean = stats[1 : 1 + d] / n
+        cov = stats[1 + d :].view(d, d) / n - mean[:, None] * mean[None]
+        m = 1.0 if self.updates == 0 else self.momentum
+        self.mean.lerp_(mean.float(), m)
+        self.cov.lerp_(cov.float(), m)
+        self.updates += 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, vectors = torch.linalg.eigh(self.cov.double())  # ascending
+        top = vectors[:, -self.components :] / values[-self.components :].clamp_min(1e-12).sqrt()
+        return (x - self.mean) @ top.float()
+
+
+@register("landmark_geometry")
+class LandmarkGeometry(nn.Module):
+    """A linear read-out of each frame's pooled backbone features predicts the face's geometry:
+    its landmarks in the aligned crop (shape: who and how) and their offset from the mean of its
+    view's frames (motion within the clip: expression and head pose; the person cancels). Landmarks
+    are what a face aligner gives any video, no AU label enters.
+
+    Both targets are whitened (running PCA, `components` axes each, unit variance): raw landmark
+    variance is mostly identity shape and head pose, so without it the small modes that AUs move
+    (lip corners, brows, lids) would weigh nothing. With y the whitened targets and W the head,
+
+        L = mean over frames with landmarks of || W f - y ||^2 / (2 * components)
+
+    The read-out is linear on purpose: it asks the features themselves to hold the geometry
+    linearly, as a linear probe or a light head downstream will read it. Needs frames aligned by
+    their landmarks (`train.align`).
+    """
+
+    def __init__(self, feature_dim: int, components: int = 24, momentum: float = 0.01):
+        super().__init__()
+        points = 68 * 2
+        self.head = nn.Linear(feature_dim, 2 * components)
+        self.shape = Whitening(points, components, momentum)
+        self.motion = Whitening(points, components, momentum)
+
+    def forward(self, batch, encoded) -> dict[str, torch.Tensor]:
+        views = encoded["views"]
+        if "landmarks" not in views[0]:
+            raise ValueError("landmark_geometry needs aligned landmarks: shards with landmarks and train.align=true")
+        shape = torch.cat([v["landmarks"].flatten(2).float() for v in views])  # [2B, L, 136]
+        motion = shape - shape.mean(1, keepdim=True)
+        known = torch.isfinite(motion).all(-1)  # a clip with any unknown frame gives no motion
+        known &= known.all(1, keepdim=True)
+        if self.training:
+            self.shape.update(shape[known])
+            self.motion.update(motion[known])
+        target = torch.cat([self.shape(shape[known]), self.motion(motion[known])], -1)
+        features = torch.cat([v["features"] for v in views]).float()[known]
+        loss = (self.head(features) - target).pow(2).mean() if len(target) else features.sum() * 0
+        return {self.name: loss}
+
+
 class PretrainModel(nn.Module):
     """The encoder and its objectives as one module, so DeepSpeed holds every trained weight."""
 
@@ -128,8 +211,8 @@ class PretrainModel(nn.Module):
         frames = torch.cat([v["frames"] for v in views], dim=0)
         out = self.encoder(frames)
         n = views[0]["frames"].shape[0]
-        return {"views": [{**{k: t[i * n : (i + 1) * n] for k, t in out.items()}, "time": v["time"]}
-                          for i, v in enumerate(views)]}  # fmt: skip
+        return {"views": [{**{k: t[i * n : (i + 1) * n] for k, t in out.items()},
+                           **{k: t for k, t in v.items() if k != "frames"}} for i, v in enumerate(views)]}  # fmt: skip
 
     def objectives_loss(self, batch, encoded) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         losses = {}

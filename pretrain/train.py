@@ -18,9 +18,10 @@ from pretrain.augment import make_views, step_generator
 from pretrain.checkpoint import Checkpointer
 from pretrain.config import resume_view
 from pretrain.model import ClipEncoder
+from finetune.frames import align_clips
 from pretrain.objectives import PretrainModel, build_objectives
 from shards.manifest import Manifest
-from shards.stream import ClipStream
+from shards.stream import ClipStream, resize_frames
 
 log = logging.getLogger("pretrain")
 
@@ -96,14 +97,18 @@ class Run:
         self.manifest = Manifest.load(self.source) if Path(self.source).exists() else None  # URLs: none
         size = cfg.data.resize or (self.manifest.frame_size[0] if self.manifest else 112)
         self.image_size = size
+        # Aligned frames are warped from the decoded ones on the device (the landmarks are in
+        # their pixels), so the workers do not resize them first.
+        self.align = cfg.train.align
         self.stream = ClipStream(
             self.source, split=cfg.data.train_split, frames=cfg.data.frames, stride=cfg.data.stride,
             batch_size=cfg.train.batch_size, mode="resampled", seed=cfg.train.seed, num_workers=cfg.data.num_workers,
-            slots=cfg.data.slots, resize=cfg.data.resize, rank=self.rank, world=self.world,
+            slots=cfg.data.slots, resize=None if self.align else cfg.data.resize, rank=self.rank, world=self.world,
         )  # fmt: skip
         encoder = build_encoder(cfg, size)
         self.mean, self.std = encoder.backbone.pretrained_cfg["mean"], encoder.backbone.pretrained_cfg["std"]
-        objectives, weights = build_objectives(OmegaConf.to_container(cfg.objectives, resolve=True), cfg.model.embed_dim)
+        objectives, weights = build_objectives(OmegaConf.to_container(cfg.objectives, resolve=True), cfg.model.embed_dim,
+                                               encoder.num_features)  # fmt: skip
         # Inputs go channels-last (ClipEncoder); weights stay contiguous, as DeepSpeed's
         # broadcasts and ZeRO's flat buffers need.
         model = PretrainModel(encoder, objectives, weights).to(self.device)
@@ -143,8 +148,13 @@ class Run:
             batch = next(batches).to(self.device)
             marks.append(self._clock())
             g = step_generator(cfg.train.seed, self.step + 1, self.rank, micro, self.device)
-            views = make_views(batch.frames, batch.frame_index, self.mean, self.std, g, self.view_length,
-                               cfg.train.augment, cfg.train.frame_jitter)  # fmt: skip
+            frames, landmarks = batch.frames, None
+            if self.align and batch.landmarks is not None:
+                frames, landmarks = align_clips(batch.frames, batch.landmarks, self.image_size)
+            elif self.align and frames.shape[-1] != self.image_size:  # shards without landmarks
+                frames = resize_frames(frames, self.image_size)
+            views = make_views(frames, batch.frame_index, self.mean, self.std, g, self.view_length, cfg.train.augment,
+                               cfg.train.frame_jitter, cfg.train.augment_strength, landmarks)  # fmt: skip
             marks.append(self._clock())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
                 encoded = self.model.encode(views)
@@ -267,7 +277,8 @@ def summary(run: Run, r: dict, folder: Path) -> str:
     lines = [f"pretrained {run.cfg.model.arch} for {run.step} steps ({run.samples} clips); published {folder}"]
     if r:
         lines.append("probes on held-out identities      pretrained   random init")
-        for key, label in (("linear_f1", "AU linear-probe mean F1"), ("knn_f1", "AU kNN-probe mean F1"),
+        fraction = f"{run.cfg.eval.label_fraction:.0%} labels"
+        for key, label in (("linear_f1", f"AU linear probe, {fraction} (F1)"), ("knn_f1", "AU kNN-probe mean F1"),
                            ("identity_acc", "identity from AU embedding (acc)")):  # fmt: skip
             lines.append(f"  {label:<33} {r.get('probe/' + key, float('nan')):10.3f} {r.get('random_init/' + key, float('nan')):12.3f}")
         lines.append(f"  identity chance level             {r['probe/identity_chance']:10.3f}")

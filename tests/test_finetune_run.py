@@ -182,3 +182,25 @@ def test_faces_are_aligned_by_their_landmarks():
     # without landmarks: a plain resize
     plain = align_faces(image, torch.full((1, 68, 2), float("nan")), 56)
     assert plain.shape == (1, 3, 56, 56)
+
+
+def test_clips_and_their_landmarks_are_aligned_together():
+    """align_clips maps landmarks with the same similarity as the pixels: stable points that are
+    the template turned, scaled and shifted land on the template; frames without landmarks stay NaN."""
+    from finetune.frames import ALIGN_POINTS, ALIGN_TEMPLATE, align_clips
+
+    rng = np.random.default_rng(0)
+    landmarks = np.zeros((2, 3, 68, 2), np.float32)
+    for b in range(2):
+        for t in range(3):
+            angle, scale, shift = rng.uniform(-0.4, 0.4), rng.uniform(50, 80), rng.uniform(10, 30, 2)
+            rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+            landmarks[b, t] = (rng.uniform(0.2, 0.8, (68, 2)) @ rot.T) * scale + shift
+            landmarks[b, t, ALIGN_POINTS] = (ALIGN_TEMPLATE @ rot.T) * scale + shift
+    landmarks[1, 2] = np.nan
+    frames = torch.randint(0, 256, (2, 3, 3, 112, 112), dtype=torch.uint8)
+    aligned, unit = align_clips(frames, torch.from_numpy(landmarks), 48)
+    assert aligned.shape == (2, 3, 3, 48, 48) and aligned.dtype == torch.uint8
+    known = unit[:, :, ALIGN_POINTS].flatten(0, 1)[:5]
+    assert torch.allclose(known, torch.from_numpy(ALIGN_TEMPLATE).expand_as(known), atol=1e-4)
+    assert torch.isnan(unit[1, 2]).all() and torch.isfinite(unit[0]).all()

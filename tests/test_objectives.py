@@ -403,3 +403,61 @@ def test_param_groups_decay_only_weight_matrices():
     kinds = {type(m).__name__ for m in model.modules() for p in m.parameters(recurse=False) if p.ndim <= 1}
     assert {"BatchNorm2d", "Linear", "LayerNorm"} <= kinds  # norms and biases seen
     assert any(p.ndim == 4 for p in decay["params"]), "conv kernels are decayed"
+
+
+def geometry_views(features, landmarks):
+    return {"views": [{"features": f, "landmarks": lm} for f, lm in zip(features, landmarks)]}
+
+
+def test_landmark_geometry_whitens_its_targets_and_skips_unknown_landmarks():
+    """The running whitening maps the targets onto unit-variance principal axes (so a head that
+    outputs zeros scores exactly 1 per component on the batch it was estimated from); clips with
+    an unknown landmark drop out; no landmarks at all is a clear error."""
+    from pretrain.objectives import LandmarkGeometry
+
+    g = torch.Generator().manual_seed(0)
+    b, length, feat = 12, 5, 8
+    # shapes vary along a few directions, with very unequal variances (like identity vs AUs)
+    basis = torch.randn(6, 136, generator=g)
+    scales = torch.tensor([5.0, 2.0, 1.0, 0.3, 0.1, 0.05])
+    lms = [((torch.randn(b, length, 6, generator=g) * scales) @ basis).view(b, length, 68, 2) for _ in range(2)]
+    objective = LandmarkGeometry(feature_dim=feat, components=4)
+    with torch.no_grad():
+        objective.head.weight.zero_(), objective.head.bias.zero_()
+    features = [torch.randn(b, length, feat, generator=g) for _ in range(2)]
+    loss = objective(None, geometry_views(features, lms))["landmark_geometry"]
+    assert float(loss.detach()) == pytest.approx(1.0, rel=1e-3)
+    whitened = objective.shape(torch.cat(lms).flatten(2).flatten(0, 1))
+    assert torch.allclose(whitened.var(0, unbiased=False), torch.ones(4), rtol=1e-3)
+    # a clip with one unknown frame is left out of the loss and of the statistics
+    lms[0][0, 2] = float("nan")
+    before = objective.shape.mean.clone()
+    assert torch.isfinite(objective(None, geometry_views(features, lms))["landmark_geometry"])
+    assert torch.isfinite(objective.shape.mean).all() and not torch.equal(before, objective.shape.mean)
+    with pytest.raises(ValueError, match="landmarks"):
+        objective(None, {"views": [{"features": features[0]}]})
+
+
+def test_landmark_geometry_trains_a_real_encoder_to_read_the_face_shape():
+    """A tiny ClipEncoder on clips whose 'landmarks' are a function of the pixels lowers the loss
+    well below 1, the score of knowing nothing."""
+    from pretrain.objectives import LandmarkGeometry
+
+    torch.manual_seed(0)
+    encoder = ClipEncoder(ARCH, DIM, "none", SIZE)
+    objective = LandmarkGeometry(feature_dim=encoder.num_features, components=3, momentum=0.1)
+    opt = torch.optim.AdamW([*encoder.parameters(), *objective.parameters()], lr=3e-3)
+    clips = fixed_clips(8, 4, seed=1)  # smooth blends: mean brightness of a region moves with time
+    frames = clips.float() / 255
+    cue = torch.stack([frames[..., :16, :16].mean((2, 3, 4)), frames[..., 16:, 16:].mean((2, 3, 4)),
+                       frames[..., :16, 16:].mean((2, 3, 4))], -1)  # [B, T, 3]  # fmt: skip
+    landmarks = (cue @ torch.randn(3, 136, generator=torch.Generator().manual_seed(2))).view(8, 4, 68, 2)
+    x = (frames - torch.tensor(MEAN).view(1, 1, 3, 1, 1)) / torch.tensor(STD).view(1, 1, 3, 1, 1)
+    losses = []
+    for _ in range(60):
+        loss = objective(None, geometry_views([encoder(x)["features"]], [landmarks]))["landmark_geometry"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
