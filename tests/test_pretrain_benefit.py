@@ -6,6 +6,7 @@ labelled frames. This runs the README's main command (`python -m pretrain`, its 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -23,8 +24,10 @@ def cache(tmp_path_factory):
 
 def test_pretrained_backbone_beats_random_init_at_2_percent_labels(tmp_path, cache):
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "pretrain", f"train.run_dir={run_dir}"], env=env(cache), cwd=ROOT,
-                          capture_output=True, text=True, timeout=1500)  # fmt: skip
+    # every core, as the README command gets them (the other end-to-end tests pin one thread each)
+    threads = {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    proc = subprocess.run([sys.executable, "-m", "pretrain", f"train.run_dir={run_dir}"], env={**env(cache), **threads},
+                          cwd=ROOT, capture_output=True, text=True, timeout=1500)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-5000:]
     final = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     seeds = sorted(int(k.rsplit("seed", 1)[1]) for k in final if k.startswith("probe/linear_f1_seed"))
