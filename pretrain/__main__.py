@@ -16,9 +16,10 @@ register()
 
 @hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base=None)
 def main(cfg) -> None:
-    from pretrain.train import fit
+    from pretrain.train import STOPPED_EXIT, fit
 
-    fit(cfg)
+    if "stopped_at" in fit(cfg):
+        sys.exit(STOPPED_EXIT)
 
 
 if __name__ == "__main__":

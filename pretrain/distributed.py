@@ -54,3 +54,12 @@ def all_reduce_mean(values: dict[str, float], device) -> dict[str, float]:
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(values, t.tolist()))
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank when `flag` is true on any (one small all-reduce)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

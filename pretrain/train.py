@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -24,6 +25,28 @@ from shards.manifest import Manifest
 from shards.stream import ClipStream, resize_frames
 
 log = logging.getLogger("pretrain")
+
+# Signals that ask a run to stop early: SLURM's warning before a time limit or preemption
+# (`--signal`), and the SIGTERM that schedulers and torchrun send before killing. The run saves a
+# checkpoint at the next step boundary, agreed by every rank, and `python -m pretrain` exits
+# with STOPPED_EXIT so that a launcher knows to requeue it; the next start resumes there.
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+STOPPED_EXIT = 75  # EX_TEMPFAIL: not finished, try again
+_stop_requested: list[int] = []
+
+
+def request_stop(signum: int = signal.SIGTERM, frame=None) -> None:
+    """Ask the running `fit` to checkpoint and return at its next step boundary (a signal handler)."""
+    _stop_requested.append(signum)
+
+
+def install_stop_handlers() -> None:
+    _stop_requested.clear()
+    for sig in STOP_SIGNALS:
+        try:
+            signal.signal(sig, request_stop)
+        except ValueError:  # not the main thread: the caller decides how to stop
+            return
 
 
 def lr_at(step: int, cfg, global_batch: int) -> float:
@@ -238,6 +261,7 @@ def fit(cfg) -> dict:
     writer = SummaryWriter(str(run.run_dir / "tb")) if lead else None
     bar = tqdm(total=cfg.train.steps, initial=run.step, disable=not lead, dynamic_ncols=True, desc="pretrain")
     batches = iter(run.stream)
+    install_stop_handlers()
     while run.step < cfg.train.steps:
         t0 = time.perf_counter()
         record = run.train_step(batches)
@@ -251,10 +275,18 @@ def fit(cfg) -> dict:
                              "clips/s": f"{record['throughput/clips_per_s']:.0f}",
                              "data": f"{record['time/data_share']:.0%}"})  # fmt: skip
         bar.update(1)
-        if run.step % cfg.train.ckpt_every == 0 or run.step == cfg.train.steps:
+        saved = run.step % cfg.train.ckpt_every == 0 or run.step == cfg.train.steps
+        if saved:
             run.save()
         if cfg.train.eval_every and run.step % cfg.train.eval_every == 0 and run.step < cfg.train.steps:
             run.log(run.evaluate(), writer)
+        if distributed.any_rank(bool(_stop_requested), run.device) and run.step < cfg.train.steps:
+            if not saved:
+                run.save()
+            bar.close()
+            log.warning("stop requested (signal %s): saved step %d of %d; starting again resumes there",
+                        _stop_requested[0] if _stop_requested else "on another rank", run.step, cfg.train.steps)
+            return {"stopped_at": run.step}
     bar.close()
     run.stream.log_summary()
     results = run.evaluate()

@@ -91,6 +91,18 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+_REFERENCES: dict[int, dict] = {}
+
+
+def reference(tmp_path_factory, cache: Path, ranks: int) -> dict:
+    """The losses of an uninterrupted 7-step run (run once per rank count for the module)."""
+    if ranks not in _REFERENCES:
+        whole = tmp_path_factory.mktemp(f"whole{ranks}")
+        run(whole, cache, steps=7, ranks=ranks)
+        _REFERENCES[ranks] = losses(whole)
+    return _REFERENCES[ranks]
+
+
 def assert_same_losses(a: dict, b: dict, steps) -> None:
     for step in steps:
         for key in ("loss", "temporal_margin", "clip_contrastive", "landmark_geometry"):
@@ -112,24 +124,52 @@ def test_config_is_strict_and_complete():
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
-def test_killed_run_resumes_to_the_same_losses(tmp_path, cache, ranks):
+def test_killed_run_resumes_to_the_same_losses(tmp_path, tmp_path_factory, cache, ranks):
     """A run killed after step 4 resumes from its step-3 checkpoint and logs, step by step, the
     losses of an uninterrupted run; the backbone it publishes has timm's keys."""
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    run(whole, cache, steps=7, ranks=ranks)
-    reference = losses(whole)
-    assert sorted(reference) == list(range(1, 8))
+    broken = tmp_path / "broken"
+    whole = reference(tmp_path_factory, cache, ranks)
+    assert sorted(whole) == list(range(1, 8))
     last = kill_after(broken, cache, step=4, steps=7, ranks=ranks)
     assert 4 <= last < 7, "the run was not killed mid-way"
     assert (broken / "checkpoints" / "step_000003" / "COMPLETE").exists()
     run(broken, cache, steps=7, ranks=ranks)
-    assert_same_losses(reference, losses(broken), range(1, 8))
+    assert_same_losses(whole, losses(broken), range(1, 8))
     # the published backbone: exactly the keys plain timm has, and the run's weights
     published = broken / "published" / "auforge-pretrain"
     state = load_file(str(published / "model.safetensors"))
     config = json.loads((published / "config.json").read_text())
     assert set(state) == set(timm.create_model(config["architecture"], num_classes=0).state_dict())
     assert config["auforge"]["steps"] == 7 and config["auforge"]["data"]["manifest_digest"]
+
+
+def test_stop_signal_to_one_rank_saves_and_resumes_to_the_same_losses(tmp_path, tmp_path_factory, cache):
+    """SLURM's warning signal (SIGUSR1), here delivered to one of two ranks only: both stop at the
+    same step boundary, save a complete checkpoint there (not on the ckpt_every schedule), and
+    exit with STOPPED_EXIT; the next start resumes there to the losses of an uninterrupted run."""
+    import psutil
+
+    from pretrain.train import STOPPED_EXIT
+
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(command(stopped, 7, 2, ["train.ckpt_every=100"]), env=env(cache), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not (stopped / "metrics.jsonl").exists() or max(losses(stopped), default=0) < 2:
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    workers = psutil.Process(proc.pid).children()  # the two ranks (their data workers are theirs)
+    assert len(workers) == 2
+    workers[-1].send_signal(signal.SIGUSR1)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0 and "stop requested" in out and f"exitcode  : {STOPPED_EXIT}" in out, out[-3000:]
+    tags = json.loads((stopped / "checkpoints" / "complete.json").read_text())
+    assert len(tags) == 1 and tags[0] != "step_000007", tags
+    saved = int(tags[0].split("_")[1])
+    assert {p.name for p in (stopped / "checkpoints" / tags[0]).glob("rank_*.json")} == {"rank_00000.json", "rank_00001.json"}
+    assert max(losses(stopped)) == saved  # both ranks stopped right after the step they saved
+    run(stopped, cache, steps=7, ranks=2, extra=["train.ckpt_every=100"])
+    assert_same_losses(reference(tmp_path_factory, cache, ranks=2), losses(stopped), range(1, 8))
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, cache):
