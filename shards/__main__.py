@@ -1,4 +1,4 @@
-"""`python -m shards {synth,verify,inspect,quickstart}`."""
+"""`python -m shards {synth,merge,verify,inspect,quickstart}`."""
 
 from __future__ import annotations
 
@@ -14,10 +14,29 @@ def _synth(args) -> int:
     t0 = time.perf_counter()
     manifest = write_synthetic(
         args.out, args.clips, frames=args.frames, size=args.size, identities=args.identities,
-        seed=args.seed, shard_samples=args.shard_samples, heldout=args.heldout,
+        seed=args.seed, shard_samples=args.shard_samples, heldout=args.heldout, part=args.part,
     )  # fmt: skip
-    print(f"wrote {manifest.totals} in {len(manifest.shards)} shards to {args.out} in {time.perf_counter() - t0:.1f}s")
+    what = "" if args.part is None else f" (part {args.part[0]} of {args.part[1]}; merge with `python -m shards merge`)"
+    print(f"wrote {manifest.totals} in {len(manifest.shards)} shards to {args.out}{what} in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+def _merge(args) -> int:
+    from shards.parts import merge
+
+    manifest = merge(args.folder)
+    print(f"merged {manifest.builder['parts']} parts: {manifest.totals} in {len(manifest.shards)} shards, "
+          f"{args.folder}/manifest.json")  # fmt: skip
+    return 0
+
+
+def _part(text: str):
+    from shards.parts import parse_part
+
+    try:
+        return parse_part(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _quickstart(args) -> int:
@@ -49,8 +68,7 @@ def _quickstart(args) -> int:
     return 0 if seen == args.clips else 1
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shards", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -63,7 +81,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-samples", type=int, default=100)
     p.add_argument("--heldout", type=float, default=0.2, help="share of identities held out (split 'heldout')")
+    p.add_argument("--part", type=_part, help="K/N: write only part K (from 0) of N of the clips, for `merge`")
     p.set_defaults(run=_synth)
+
+    p = sub.add_parser("merge", help="merge the manifests of a set written in parts (synth --part K/N) into one")
+    p.add_argument("folder")
+    p.set_defaults(run=_merge)
 
     p = sub.add_parser("verify", help="checksums, decode every sample, schema checks; non-zero exit if bad")
     p.add_argument("target", help="a shard folder, a manifest.json or one .tar")
@@ -80,8 +103,12 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_quickstart)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
     return args.run(args)
 
 

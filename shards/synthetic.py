@@ -33,7 +33,8 @@ from PIL import Image, ImageFilter
 
 from shards.face import AU_INDEX, AU_NAMES, Identity, face_state, landmarks_canonical, project, render
 from shards.format import Clip
-from shards.manifest import Manifest
+from shards import parts
+from shards.manifest import MANIFEST_NAME, Manifest
 from shards.writer import ShardWriter
 
 FPS = 25.0
@@ -254,24 +255,33 @@ def heldout_people(seed: int, identities: int, share: float) -> set[int]:
 
 
 def write_synthetic(out_dir, clips: int, frames: int = 16, size: int = 112, identities: int = 20, seed: int = 0,
-                    shard_samples: int = 100, heldout: float = 0.2, name: str = "synth") -> Manifest:  # fmt: skip
+                    shard_samples: int = 100, heldout: float = 0.2, name: str = "synth",
+                    part: tuple[int, int] | None = None) -> Manifest:  # fmt: skip
     """Render `clips` clips into shards under `out_dir`: the training split first, then the
-    held-out identities' split (absent when `heldout` is 0). Returns the manifest."""
+    held-out identities' split (absent when `heldout` is 0). Returns the manifest.
+
+    `part=(k, n)` renders only part k of n of the clips (a task of a job array): its shards go
+    beside the other parts' and its manifest to `.parts/`, for `shards.parts.merge`."""
     settings = dict(clips=clips, frames=frames, size=size, identities=identities, seed=seed, heldout=heldout)
     builder = {"name": "auforge.shards.synthetic", "version": 2, "settings": settings}
     renderer = Renderer(seed, identities, frames, size)
     held = heldout_people(seed, identities, heldout)
     order = {"train": [], "heldout": []}
-    for i in range(clips):
+    for i in range(clips) if part is None else parts.part_range(clips, *part):
         order["heldout" if renderer.person_of(i) in held else "train"].append(i)
-    with ShardWriter(out_dir, name, au_names=AU_NAMES, builder=builder, max_samples=shard_samples) as writer:
+    shard_name = name if part is None else parts.part_name(name, part[0])
+    with ShardWriter(out_dir, shard_name, au_names=AU_NAMES, builder=builder, max_samples=shard_samples,
+                     manifest_name=MANIFEST_NAME if part is None else None) as writer:  # fmt: skip
         for split, indices in order.items():
             if not indices:
                 continue
             writer.start_split(split)
             for i in indices:
                 writer.write(renderer.clip(i))
-        return writer.close()
+        manifest = writer.close()
+        if part is not None:
+            parts.save_part(out_dir, *part, manifest, writer.seen(), name)
+        return manifest
 
 
 def cache_root() -> Path:

@@ -49,6 +49,7 @@ class ShardWriter:
         max_samples: int = 1000,
         max_bytes: int = 1 << 30,
         first_shard: int = 0,
+        manifest_name: str | None = MANIFEST_NAME,
     ):
         if max_samples < 1 or max_bytes < 1:
             raise ValueError("max_samples and max_bytes must be positive")
@@ -57,6 +58,7 @@ class ShardWriter:
         self.name, self.au_names = name, list(au_names)
         self.builder = builder or {"name": "auforge.shards.writer", "settings": {}}
         self.max_samples, self.max_bytes = max_samples, max_bytes
+        self.manifest_name = manifest_name  # None: close() returns the manifest without saving it
         self.shards: list[ShardInfo] = []
         self._next_index = first_shard
         self._open = None  # (atomic context, hashing file, tarfile, ShardInfo)
@@ -178,5 +180,11 @@ class ShardWriter:
             if self._open is not None:
                 self._finish_shard()
             self._manifest = self.manifest()
-            self._manifest.save(self.out_dir / MANIFEST_NAME)
+            if self.manifest_name is not None:
+                self._manifest.save(self.out_dir / self.manifest_name)
         return self._manifest
+
+    def seen(self) -> dict[str, list[str]]:
+        """The video and identity ids written so far: what merging parts needs to count the
+        union rather than the sum (shards.parts)."""
+        return {"videos": sorted(self._videos), "identities": sorted(self._identities)}
