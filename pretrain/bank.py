@@ -34,32 +34,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pretrain.config import MiningConfig
 from pretrain.mining import (ExactSearch, IVFSearch, Mined, cross_identity_positives, default_nlist,
                              identity_hard_negatives)  # fmt: skip
 from shards.format import stable_id
 
 log = logging.getLogger("pretrain.bank")
-
-
-@dataclass
-class MiningConfig:
-    """Settings of the memory bank and mining (a `mining:` block of the pretraining config)."""
-
-    # bank entries (frames), 4 * embed_dim + 24 bytes each. 16k: the last ~85 steps of the default
-    # CPU run (192 frames a step), where exact CPU search of 64k costs ~15-30% of its small step
-    # (`python -m pretrain.bench --mining`); on GPUs (faiss-gpu), 64k and more
-    capacity: int = 16384
-    k: int = 8  # cross-identity positives per anchor
-    negatives: int = 4  # identity-hard negatives per anchor
-    index: str = "auto"  # flat (exact) | ivf (approximate) | auto: ivf from `approx_from` entries
-    approx_from: int = 1_000_000
-    nlist: int = 0  # IVF lists; 0: about 4 sqrt(capacity), a power of two
-    nprobe: int = 32  # IVF lists searched per query
-    codec: str = "Flat"  # IVF storage: Flat (exact vectors) | SQ8 (one byte per dimension)
-    refresh_every: int = 1000  # steps between retrainings of the IVF quantiser (0: train once)
-    threads: int = 1  # FAISS OpenMP threads (0: torch.get_num_threads()); see mining.faiss_threads
-    identity_fallback: str = "video"  # video | none: what stands in for a missing identity
-    seed: int = 0
 
 
 def clip_ids(keys: list[str]) -> torch.Tensor:
@@ -117,9 +97,7 @@ class MemoryBank:
     @property
     def identity_source(self) -> str:
         """What identity mining used: 'identity', 'video' or 'identity+video' (for the model card)."""
-        if self.rows_fallback == 0:
-            return "identity"
-        return "video" if self.rows_named == 0 else "identity+video"
+        return identity_source(self.rows_named, self.rows_fallback)
 
     def resolve_identity(self, identity: torch.Tensor, video: torch.Tensor | None) -> torch.Tensor:
         """Identity ids with the fallback applied where they are unknown (-1)."""
@@ -225,6 +203,19 @@ class MemoryBank:
         if self.ivf is not None:
             ivf = {k.removeprefix("ivf."): v for k, v in state.items() if k.startswith("ivf.")}
             self.ivf.load_state_dict(ivf, self.emb, self.count)
+
+
+def identity_source(rows_named: int, rows_fallback: int) -> str:
+    """'identity' when every row had its own, 'video' when none had, else 'identity+video'."""
+    if rows_fallback == 0:
+        return "identity"
+    return "video" if rows_named == 0 else "identity+video"
+
+
+def saved_identity_source(state: dict[str, torch.Tensor]) -> str:
+    """`identity_source` of a bank from its saved `state_dict()` (a checkpoint's bank.safetensors)."""
+    counters = state["counters"].tolist()
+    return identity_source(counters[3], counters[4])
 
 
 def _expand(t: torch.Tensor, lead: torch.Size) -> torch.Tensor:

@@ -5,6 +5,7 @@ Layout under `RUN_DIR/checkpoints/`:
     step_000100/            DeepSpeed's files (model, optimizer shards of every ZeRO stage)
                  rank_00000.json ...   each rank's own state: step, samples seen, data stream
                                         position, torch/numpy/python RNG states
+                 bank.safetensors       state every rank holds alike (the memory bank), by rank 0
                  run.json               the config entries resumption depends on, and their digest
                  COMPLETE               written last, by rank 0, once every rank has saved
     complete.json           the complete tags, oldest first (replaced atomically)
@@ -24,12 +25,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 import torch.distributed as dist
 
 from pretrain.config import digest, resume_conflicts
 from pretrain.distributed import barrier
-from shards.atomic import write_text_atomic
+from shards.atomic import atomic_open, write_text_atomic
 
 log = logging.getLogger("pretrain.checkpoint")
 INDEX = "complete.json"
@@ -66,6 +68,7 @@ class Checkpointer:
         self.root = Path(run_dir) / "checkpoints"
         self.keep, self.rank, self.view = max(1, keep), rank, config_view
         self.root.mkdir(parents=True, exist_ok=True)
+        self.resumed_from: Path | None = None
 
     def complete_tags(self) -> list[str]:
         try:
@@ -74,13 +77,18 @@ class Checkpointer:
             return []
         return [t for t in tags if (self.root / t / "COMPLETE").exists()]
 
-    def save(self, engine, step: int, rank_state: dict) -> None:
-        """Every rank calls this; returns when the checkpoint is complete on disk."""
+    def save(self, engine, step: int, rank_state: dict, shared: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+        """Every rank calls this; returns when the checkpoint is complete on disk. `shared`:
+        state that every rank holds alike (the memory bank), written once by rank 0 as
+        NAME.safetensors."""
         tag = f"step_{step:06d}"
         engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
         write_text_atomic(self.root / tag / f"rank_{self.rank:05d}.json", json.dumps({**rank_state, "rng": rng_state()}))
         barrier()  # every rank's files are written
         if self.rank == 0:
+            for name, tensors in (shared or {}).items():
+                with atomic_open(self.root / tag / f"{name}.safetensors") as f:
+                    f.write(safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
             write_text_atomic(self.root / tag / "run.json", json.dumps({"config": self.view, "digest": digest(self.view)}))
             write_text_atomic(self.root / tag / "COMPLETE", f"{step}\n")
             tags = [t for t in self.complete_tags() if t != tag] + [tag]
@@ -89,6 +97,13 @@ class Checkpointer:
             for old in drop + self._incomplete(keep):
                 shutil.rmtree(self.root / old, ignore_errors=True)
         barrier()
+
+    def load_shared(self, name: str) -> dict[str, torch.Tensor]:
+        """The `shared` state NAME saved with the checkpoint that `resume` loaded."""
+        path = self.resumed_from / f"{name}.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: the checkpoint has no {name} state; this run needs it to resume exactly")
+        return safetensors.torch.load_file(str(path))
 
     def _incomplete(self, keep: list[str]) -> list[str]:
         return [p.name for p in self.root.glob("step_*") if p.is_dir() and p.name not in keep]
@@ -122,6 +137,7 @@ class Checkpointer:
                 dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank must load the same tag
             if ok.item():
                 set_rng_state(state["rng"])
-                log.info("resumed from %s", self.root / tag)
+                self.resumed_from = self.root / tag
+                log.info("resumed from %s", self.resumed_from)
                 return state
         raise RuntimeError(f"no checkpoint under {self.root} could be loaded: {tags}")

@@ -76,6 +76,28 @@ class EvalConfig:
 
 
 @dataclass
+class MiningConfig:
+    """Settings of the memory bank and mining (the `mining:` block; used when an objective
+    mines cross-identity neighbours, see `pretrain.bank`)."""
+
+    # bank entries (frames), 4 * embed_dim + 24 bytes each. 16k: the last ~85 steps of the default
+    # CPU run (192 frames a step), where exact CPU search of 64k costs ~15-30% of its small step
+    # (`python -m pretrain.bench --mining`); on GPUs (faiss-gpu), 64k and more
+    capacity: int = 16384
+    k: int = 8  # cross-identity positives per anchor
+    negatives: int = 4  # identity-hard negatives per anchor
+    index: str = "auto"  # flat (exact) | ivf (approximate) | auto: ivf from `approx_from` entries
+    approx_from: int = 1_000_000
+    nlist: int = 0  # IVF lists; 0: about 4 sqrt(capacity), a power of two
+    nprobe: int = 32  # IVF lists searched per query
+    codec: str = "Flat"  # IVF storage: Flat (exact vectors) | SQ8 (one byte per dimension)
+    refresh_every: int = 1000  # steps between retrainings of the IVF quantiser (0: train once)
+    threads: int = 1  # FAISS OpenMP threads (0: torch.get_num_threads()); see mining.faiss_threads
+    identity_fallback: str = "video"  # video | none: what stands in for a missing identity
+    seed: int = 0
+
+
+@dataclass
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -84,6 +106,7 @@ class PretrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
 
 
 def register() -> None:

@@ -200,26 +200,46 @@ class LandmarkGeometry(nn.Module):
 
 
 class PretrainModel(nn.Module):
-    """The encoder and its objectives as one module, so DeepSpeed holds every trained weight."""
+    """The encoder and its objectives as one module, so DeepSpeed holds every trained weight.
 
-    def __init__(self, encoder: nn.Module, objectives: nn.ModuleDict, weights: dict[str, float]):
+    With a memory `bank` (an objective that mines: `mines = True`), each step first mines every
+    anchor frame's cross-identity positives and identity-hard negatives from the bank, hands them
+    to the objectives as `encoded["mining"]`, and after the losses adds the step's embeddings to
+    the bank (so the bank holds earlier steps only; see `pretrain.bank`)."""
+
+    def __init__(self, encoder: nn.Module, objectives: nn.ModuleDict, weights: dict[str, float], bank=None):
         super().__init__()
-        self.encoder, self.objectives, self.weights = encoder, objectives, weights
+        self.encoder, self.objectives, self.weights, self.bank = encoder, objectives, weights, bank
+
+    @property
+    def mines(self) -> bool:
+        return any(getattr(o, "mines", False) for o in self.objectives.values())
 
     def encode(self, views: list[dict]) -> dict:
         # Both views in one backbone pass: half the kernel launches and better batching.
         frames = torch.cat([v["frames"] for v in views], dim=0)
         out = self.encoder(frames)
         n = views[0]["frames"].shape[0]
-        return {"views": [{**{k: t[i * n : (i + 1) * n] for k, t in out.items()},
+        return {"views": [{**{k: t[i * n : (i + 1) * n] for k, t in out.items()}, "input": v["frames"],
                            **{k: t for k, t in v.items() if k != "frames"}} for i, v in enumerate(views)]}  # fmt: skip
 
     def objectives_loss(self, batch, encoded) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.bank is not None:
+            from pretrain.bank import clip_ids
+            from pretrain.cross_identity import anchor_embeddings
+
+            anchors, clips = anchor_embeddings(encoded), clip_ids(batch.keys)
+            encoded["mining"] = self.bank.mine(anchors, batch.identity, video=batch.video, clip=clips)
         losses = {}
         for objective in self.objectives.values():
             losses.update(objective(batch, encoded))
         total = sum(self.weights[name] * loss for name, loss in losses.items() if name in self.weights)
+        if self.bank is not None and self.training:
+            self.bank.add(anchors, batch.identity, video=batch.video, clip=clips, valid=batch.valid)
         return total, losses
 
     def forward(self, views: list[dict], batch=None):
         return self.objectives_loss(batch, self.encode(views))
+
+
+from pretrain import cross_identity  # noqa: E402,F401 - registers the cross-identity objectives

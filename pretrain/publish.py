@@ -26,7 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from finetune.hub import CARD_NAME, CONFIG_NAME, INDEX_NAME, INDEX_SCHEMA, MODEL_NAME, HubError, parse_index
 from shards.atomic import write_text_atomic
@@ -86,14 +86,17 @@ def backbone_config(encoder, image_size: int, mean, std, auforge: dict) -> dict:
     }
 
 
-def auforge_block(cfg, source: str | None, manifest, steps: int, samples: int, results: dict) -> dict:
-    """The provenance a published backbone carries: what it was trained on, with what, how long."""
+def auforge_block(cfg, source: str | None, manifest, steps: int, samples: int, results: dict,
+                  identity_source: str | None = None) -> dict:  # fmt: skip
+    """The provenance a published backbone carries: what it was trained on, with what, how long;
+    `identity_source`: what cross-identity mining took for identity (see `MemoryBank`)."""
     from omegaconf import OmegaConf
 
     from pretrain.train import code_version
 
     return {
         "objectives": OmegaConf.to_container(cfg.objectives, resolve=True),
+        **({"identity_source": identity_source} if identity_source else {}),
         "data": {"source": source, "split": cfg.data.train_split,
                  "manifest_digest": manifest.digest() if manifest else None},  # fmt: skip
         "steps": steps,
@@ -124,6 +127,16 @@ def _results_table(evaluation: dict) -> list[str]:
     return rows
 
 
+def _identity_note(source: str | None) -> list[str]:
+    """What the cross-identity objectives took for a person (the data may name no one)."""
+    if source is None:
+        return []
+    said = {"identity": "the identities the shards name",
+            "video": "video ids: the shards name no identities, so two videos of one person count as two people",
+            "identity+video": "the shards' identities, and video ids for the clips that name none"}[source]  # fmt: skip
+    return ["", f"Cross-identity mining told people apart by {said}."]
+
+
 def model_card(name: str, config: dict) -> str:
     a, p = config.get("auforge", {}), config["pretrained_cfg"]
     data, arch, size = a.get("data", {}), config["architecture"], p["input_size"][-1]
@@ -142,6 +155,7 @@ def model_card(name: str, config: dict) -> str:
         "## Objectives", "", "| objective | weight | settings |", "| --- | ---: | --- |",
         *(f"| {o} | {s.get('weight')} | {', '.join(f'{k}={v}' for k, v in s.items() if k != 'weight') or '-'} |"
           for o, s in objectives.items()),  # fmt: skip
+        *_identity_note(a.get("identity_source")),
         "", "## Results", "", *_results_table(a.get("evaluation") or {}), "",
         "## Intended use and limits", "",
         "- Use: features of face crops for AU detection or intensity heads, frozen or fine-tuned; research",
@@ -302,6 +316,7 @@ def publish_checkpoint(path: str | Path, name: str, out_dir: str | Path, overwri
     """Publish a run's checkpoint (any ZeRO stage) as the fp32 frame backbone."""
     from omegaconf import OmegaConf
 
+    from pretrain.bank import saved_identity_source
     from pretrain.model import backbone_args
     from pretrain.train import data_source
     from shards.manifest import Manifest
@@ -319,7 +334,9 @@ def publish_checkpoint(path: str | Path, name: str, out_dir: str | Path, overwri
     encoder = SimpleNamespace(arch=arch, num_features=model.num_features, model_args=model_args)
     pcfg = model.pretrained_cfg
     results = _probe_results(root.parent, rank0["step"])
-    auforge = auforge_block(cfg, source, manifest, rank0["step"], rank0["samples"], results)
+    bank = root / tag / "bank.safetensors"
+    identity = saved_identity_source(load_file(str(bank))) if bank.exists() else None
+    auforge = auforge_block(cfg, source, manifest, rank0["step"], rank0["samples"], results, identity_source=identity)
     auforge["checkpoint"] = tag
     config = backbone_config(encoder, image_size, pcfg["mean"], pcfg["std"], auforge)
     return publish_backbone(out_dir, name, state, config, overwrite=overwrite)

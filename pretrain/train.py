@@ -135,6 +135,10 @@ class Run:
         # Inputs go channels-last (ClipEncoder); weights stay contiguous, as DeepSpeed's
         # broadcasts and ZeRO's flat buffers need.
         model = PretrainModel(encoder, objectives, weights).to(self.device)
+        if model.mines:  # a plain attribute, not a module: DeepSpeed neither syncs nor saves it
+            from pretrain.bank import MemoryBank
+
+            model.bank = MemoryBank.from_config(OmegaConf.to_object(cfg.mining), cfg.model.embed_dim, self.device)
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=0.0,
                                            betas=tuple(cfg.optim.betas))  # fmt: skip
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -148,6 +152,8 @@ class Run:
         if state is not None:
             self.step, self.samples = state["step"], state["samples"]
             self.stream.load_state_dict(state["stream"])
+            if model.bank is not None:  # restored, not rebuilt: the run mines as it would have
+                model.bank.load_state_dict(self.ckpt.load_shared("bank"))
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     @property
@@ -204,7 +210,8 @@ class Run:
         return time.perf_counter()
 
     def save(self) -> None:
-        self.ckpt.save(self.engine, self.step, self.rank_state())
+        bank = self.model.bank
+        self.ckpt.save(self.engine, self.step, self.rank_state(), shared={"bank": bank.state_dict()} if bank else None)
 
     def evaluate(self) -> dict[str, float]:
         """Probes on rank 0 (the labelled evaluation sets are small); every rank waits."""
@@ -245,7 +252,9 @@ def publish(run: Run, results: dict) -> Path:
     an earlier publication of this run."""
     from pretrain.publish import auforge_block, backbone_config, backbone_state, publish_backbone
 
-    auforge = auforge_block(run.cfg, run.source, run.manifest, run.step, run.samples, results)
+    bank = run.model.bank
+    auforge = auforge_block(run.cfg, run.source, run.manifest, run.step, run.samples, results,
+                            identity_source=bank.identity_source if bank else None)  # fmt: skip
     config = backbone_config(run.model.encoder, run.image_size, run.mean, run.std, auforge)
     state = backbone_state(run.model.encoder.backbone)
     return publish_backbone(run.run_dir / "published", run.cfg.train.publish_name, state, config, overwrite=True)

@@ -25,7 +25,10 @@ TINY = [
     "data.synthetic.clips=48", "data.synthetic.identities=8", "data.synthetic.frames=6", "data.synthetic.size=32",
     "data.synthetic.shard_samples=12", "data.frames=4", "data.stride=1", "data.resize=32", "data.num_workers=2",
     "train.batch_size=4", "train.ckpt_every=3", "train.keep=2", "optim.warmup_steps=2", "eval.enabled=false",
-    "objective=temporal_geometry",  # every objective, and the geometry's running whitening, resumed exactly
+    # every objective resumed exactly: the geometry's running whitening, and the memory bank of the
+    # cross-identity ones (small enough that its FIFO wraps within the run)
+    "objective=temporal_geometry", "+objectives.cross_identity.weight=0.5", "+objectives.cross_identity_recon.weight=1.0",
+    "mining.capacity=128",
 ]  # fmt: skip
 
 
@@ -105,7 +108,8 @@ def reference(tmp_path_factory, cache: Path, ranks: int) -> dict:
 
 def assert_same_losses(a: dict, b: dict, steps) -> None:
     for step in steps:
-        for key in ("loss", "temporal_margin", "clip_contrastive", "landmark_geometry"):
+        for key in ("loss", "temporal_margin", "clip_contrastive", "landmark_geometry", "cross_identity",
+                    "cross_identity_recon"):  # fmt: skip
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key, a[step], b[step])
 
 
@@ -116,6 +120,11 @@ def test_config_is_strict_and_complete():
         assert cfg.model.arch == "resnet18" and cfg.deepspeed.stage == 0 and set(cfg.objectives) == {"landmark_geometry"}
         both = compose(config_name="pretrain", overrides=["objective=temporal_geometry"])
         assert set(both.objectives) == {"temporal_margin", "clip_contrastive", "landmark_geometry"}
+        cross = compose(config_name="pretrain", overrides=["objective=cross_identity"])
+        assert set(cross.objectives) == {"landmark_geometry", "cross_identity", "cross_identity_recon"}
+        assert cross.mining.capacity == 16384 and cross.mining.k == 8
+        adversarial = compose(config_name="pretrain", overrides=["objective=identity_adversarial"])
+        assert set(adversarial.objectives) == {"landmark_geometry", "identity_adversarial"}
         with pytest.raises(ConfigCompositionException):
             compose(config_name="pretrain", overrides=["train.stepz=3"])  # misspelt: refused
         for name in ("resnet50_112", "vit_s_112"):
@@ -141,6 +150,8 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path, tmp_path_factory, cache
     config = json.loads((published / "config.json").read_text())
     assert set(state) == set(timm.create_model(config["architecture"], num_classes=0).state_dict())
     assert config["auforge"]["steps"] == 7 and config["auforge"]["data"]["manifest_digest"]
+    assert config["auforge"]["identity_source"] == "identity"  # the synthetic shards name their people
+    assert (broken / "checkpoints" / "step_000006" / "bank.safetensors").exists()
 
 
 def test_stop_signal_to_one_rank_saves_and_resumes_to_the_same_losses(tmp_path, tmp_path_factory, cache):
