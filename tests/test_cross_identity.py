@@ -259,3 +259,21 @@ def test_identity_adversarial_classifier_learns_the_people():
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.2 * losses[0]
+
+
+# ------------------------------------------------------------------------------ provenance
+
+
+@pytest.mark.parametrize("source, said", [("identity", "the identities the shards name"),
+                                          ("video", "video ids: the shards name no identities")])  # fmt: skip
+def test_model_card_says_what_mining_took_for_identity(source, said):
+    from pretrain.bank import saved_identity_source
+    from pretrain.publish import model_card
+
+    bank = MemoryBank(8, DIM, "cpu", k=1, negatives=0)
+    named = torch.tensor([4, 5]) if source == "identity" else torch.tensor([-1, -1])
+    bank.add(torch.randn(2, DIM), named, video=torch.tensor([40, 50]))
+    assert saved_identity_source(bank.state_dict()) == bank.identity_source == source
+    config = {"architecture": "resnet18", "num_features": 512, "auforge": {"identity_source": source},
+              "pretrained_cfg": {"input_size": [3, 56, 56], "mean": [0.5] * 3, "std": [0.5] * 3}}  # fmt: skip
+    assert said in model_card("au-r18", config)
