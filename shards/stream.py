@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -365,6 +366,17 @@ def dct_scale_for(size: tuple[int, int], side: int) -> int:
     return max(s for s in (1, 2, 4, 8) if -(-min(size) // s) >= side or s == 1)
 
 
+# The signals a scheduler sends to stop a job (SLURM's --signal warning, the SIGTERM of a requeue or
+# preemption). SLURM delivers them to every process of a job, workers included; torch's workers
+# die on SIGTERM, and the trainer would then fail on its next batch instead of saving a checkpoint.
+# The trainer decides how to stop, so the workers block them (it ends them itself).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
 class ClipStream:
     """Iterable of `ClipBatch` over shards; see the module docstring for modes and resumption.
 
@@ -421,6 +433,7 @@ class ClipStream:
             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
             multiprocessing_context=multiprocessing_context,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            worker_init_fn=_leave_stop_signals_to_the_trainer if num_workers > 0 else None,
         )
         self._consumed = 0  # batches consumed this epoch
         self._states: dict[int, dict] = {}

@@ -22,8 +22,9 @@ def submit(args, overrides: list[str]):
     tasks_per_node = args.tasks_per_node or max(1, args.gpus_per_node)
     folder = Path(args.folder).resolve() if args.folder else run_dir / "submitit"
     executor = make_executor(args, folder, "pretrain", nodes=args.nodes, tasks_per_node=tasks_per_node)
-    # `python -m pretrain OVERRIDES`, shielding its DataLoader workers from SLURM's signals (slurm.shield)
-    task = ChildTask([sys.executable, "-m", "slurm.shield", "pretrain", *overrides], cwd=os.getcwd(), distributed=True,
+    # `python -m pretrain OVERRIDES`, as a user runs it (its DataLoader workers block SLURM's stop
+    # signals: shards.stream.STOP_SIGNALS)
+    task = ChildTask([sys.executable, "-m", "pretrain", *overrides], cwd=os.getcwd(), distributed=True,
                      stopped_exit=STOPPED_EXIT, max_requeues=args.max_requeues,
                      stop_timeout_s=max(10, args.signal_delay - 30), result=str(run_dir))  # fmt: skip
     return executor.submit(task), run_dir

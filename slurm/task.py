@@ -18,8 +18,8 @@ How stopping works (read with submitit/core/job_environment.py):
   sends SIGTERM: the child stops at its next step boundary and exits with its "stopped" status.
   This process then exits without writing a result (whatever the child's status, once a stop
   signal came), so that submitit and the caller see the job as still running, not as failed.
-* SLURM's signals reach the child's own children too (DataLoader workers, which torch lets die
-  on SIGTERM): pretraining runs under slurm.shield, which keeps them from those processes.
+* SLURM's signals reach the child's own children too: pretraining's DataLoader workers block
+  them (shards.stream.STOP_SIGNALS), since torch's workers would die on SIGTERM.
 * Requeues are counted from SLURM_RESTART_COUNT (every requeue, whoever asked) and from the count
   carried by the fresh instance (the local executor has no SLURM_RESTART_COUNT). Past
   `max_requeues` the job is not requeued again and fails with a message that says so.

@@ -305,3 +305,26 @@ def test_resize_decodes_at_reduced_scale_then_resizes(synth40):
     b = ClipStream(synth40.folder, frames=2, batch_size=4, resize=24, rank=0, world=1)
     with pytest.raises(ValueError, match="another stream set-up"):
         b.load_state_dict(a.state_dict())
+
+
+def test_workers_leave_the_stop_signals_to_the_trainer(synth40):
+    """SLURM signals every process of a job: a SIGTERM that reaches the DataLoader workers must not
+    kill them (the training process decides how to stop), and the stream reads on."""
+    import os
+    import signal
+
+    import psutil
+
+    from shards.stream import STOP_SIGNALS
+
+    stream = ClipStream(synth40.manifest_path, frames=4, batch_size=4, mode="resampled", num_workers=2, rank=0, world=1)
+    batches = iter(stream)
+    next(batches)
+    workers = psutil.Process().children()
+    assert len(workers) == 2
+    for worker in workers:
+        blocked = int(Path(f"/proc/{worker.pid}/status").read_text().split("SigBlk:")[1].split()[0], 16)
+        assert all(blocked >> (sig - 1) & 1 for sig in STOP_SIGNALS)
+        os.kill(worker.pid, signal.SIGTERM)
+    assert len([next(batches) for _ in range(6)]) == 6
+    assert all(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
