@@ -86,6 +86,7 @@ class MiningConfig:
     capacity: int = 16384
     k: int = 8  # cross-identity positives per anchor
     negatives: int = 4  # identity-hard negatives per anchor
+    negatives_from: str = "farthest"  # farthest | nearest: which of the person's other clips (see pretrain.bank)
     index: str = "auto"  # flat (exact) | ivf (approximate) | auto: ivf from `approx_from` entries
     approx_from: int = 1_000_000
     nlist: int = 0  # IVF lists; 0: about 4 sqrt(capacity), a power of two

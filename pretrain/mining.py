@@ -256,11 +256,11 @@ def cross_identity_positives(search, queries: torch.Tensor, query_identity: torc
 
 def identity_hard_negatives(queries: torch.Tensor, query_identity: torch.Tensor, query_clip: torch.Tensor,
                             emb: torch.Tensor, identity: torch.Tensor, clip: torch.Tensor, count: int, k: int,
-                            block: int = 1 << 24):  # fmt: skip
+                            block: int = 1 << 24, nearest: bool = False):  # fmt: skip
     """(slots, scores, valid) [Q, k]: per query, bank rows of the same identity but another clip,
-    lowest inner product first. Exact, in torch on the bank's device: the candidates are the bank
-    rows of the queries' identities (few, where a dataset has many people), scored in blocks of
-    queries of at most `block` scores."""
+    lowest inner product first (highest first with `nearest`). Exact, in torch on the bank's
+    device: the candidates are the bank rows of the queries' identities (few, where a dataset has
+    many people), scored in blocks of queries of at most `block` scores."""
     out = _empty(queries.shape[0], k, queries.device)
     wanted, ids = query_identity.unique(), identity[:count]  # sorted; (torch.isin stalled for 100s of ms here)
     cand = (wanted[torch.searchsorted(wanted, ids).clamp_max(wanted.numel() - 1)] == ids).nonzero().squeeze(1)
@@ -270,6 +270,7 @@ def identity_hard_negatives(queries: torch.Tensor, query_identity: torch.Tensor,
     for rows in torch.arange(queries.shape[0], device=queries.device).split(max(1, block // cand.numel())):
         s = queries[rows].float() @ c_emb.T  # [r, C]
         other = (c_id[None, :] != query_identity[rows, None]) | (c_clip[None, :] == query_clip[rows, None])
-        top, j = s.masked_fill_(other, float("inf")).topk(min(k, cand.numel()), dim=1, largest=False)
+        top, j = s.masked_fill_(other, -math.inf if nearest else math.inf).topk(min(k, cand.numel()), dim=1,
+                                                                                 largest=nearest)  # fmt: skip
         _put(out, rows, top, cand[j], torch.isfinite(top), k)
     return out

@@ -110,15 +110,18 @@ def test_fifo_order_and_capacity():
     torch.testing.assert_close(bank.emb, big[bank.clip])
 
 
-def test_identity_hard_negatives_same_identity_other_clip_farthest():
+@pytest.mark.parametrize("negatives_from", ["nearest", "farthest"])
+def test_identity_hard_negatives_same_identity_other_clip_nearest_or_farthest(negatives_from):
+    with pytest.raises(ValueError, match="negatives_from"):
+        MemoryBank(8, DIM, "cpu", negatives_from="random")
     gen = torch.Generator().manual_seed(4)
-    bank = filled_bank(2000, torch.randint(0, 6, (2000,), generator=gen), gen)
+    bank = filled_bank(2000, torch.randint(0, 6, (2000,), generator=gen), gen, negatives_from=negatives_from)
     q, qid, qclip = unit(50, DIM, gen=gen), torch.randint(0, 6, (50,), generator=gen), torch.randint(0, 1000, (50,), generator=gen)
     neg = bank.mine(q, qid, 2, clip=qclip, negatives=5).negatives
     assert neg.valid.all()
     assert (bank.identity[neg.slot] == qid[:, None]).all() and (bank.clip[neg.slot] != qclip[:, None]).all()
     mask = (bank.identity[None, :] == qid[:, None]) & (bank.clip[None, :] != qclip[:, None])
-    ref, _ = masked_topk(q, bank.emb, mask, 5, largest=False)
+    ref, _ = masked_topk(q, bank.emb, mask, 5, largest=negatives_from == "nearest")
     torch.testing.assert_close(neg.score, ref, atol=1e-5, rtol=0)
 
 
