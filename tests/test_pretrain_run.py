@@ -121,7 +121,7 @@ def test_config_is_strict_and_complete():
         both = compose(config_name="pretrain", overrides=["objective=temporal_geometry"])
         assert set(both.objectives) == {"temporal_margin", "clip_contrastive", "landmark_geometry"}
         cross = compose(config_name="pretrain", overrides=["objective=cross_identity"])
-        assert set(cross.objectives) == {"landmark_geometry", "cross_identity", "cross_identity_recon"}
+        assert set(cross.objectives) == {"landmark_geometry", "cross_identity"}
         assert cross.mining.capacity == 16384 and cross.mining.k == 8
         adversarial = compose(config_name="pretrain", overrides=["objective=identity_adversarial"])
         assert set(adversarial.objectives) == {"landmark_geometry", "identity_adversarial"}
