@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.bank import clip_ids
 from pretrain.model import l2n
 
 OBJECTIVES: dict[str, type[nn.Module]] = {}
@@ -225,10 +226,7 @@ class PretrainModel(nn.Module):
 
     def objectives_loss(self, batch, encoded) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.bank is not None:
-            from pretrain.bank import clip_ids
-            from pretrain.cross_identity import anchor_embeddings
-
-            anchors, clips = anchor_embeddings(encoded), clip_ids(batch.keys)
+            anchors, clips = cross_identity.anchor_embeddings(encoded), clip_ids(batch.keys)
             encoded["mining"] = self.bank.mine(anchors, batch.identity, video=batch.video, clip=clips)
         losses = {}
         for objective in self.objectives.values():

@@ -22,15 +22,15 @@ from pretrain.model import ClipEncoder
 from finetune.frames import align_clips
 from pretrain.objectives import PretrainModel, build_objectives
 from shards.manifest import Manifest
-from shards.stream import ClipStream, resize_frames
+from shards.stream import STOP_SIGNALS, ClipStream, resize_frames
 
 log = logging.getLogger("pretrain")
 
-# Signals that ask a run to stop early: SLURM's warning before a time limit or preemption
+# Signals that ask a run to stop early (shards.stream.STOP_SIGNALS, which the data workers
+# block): SLURM's warning before a time limit or preemption
 # (`--signal`), and the SIGTERM that schedulers and torchrun send before killing. The run saves a
 # checkpoint at the next step boundary, agreed by every rank, and `python -m pretrain` exits
 # with STOPPED_EXIT so that a launcher knows to requeue it; the next start resumes there.
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 STOPPED_EXIT = 75  # EX_TEMPFAIL: not finished, try again
 _stop_requested: list[int] = []
 
