@@ -96,13 +96,15 @@ def wait_for_step(run_dir: Path, job_id: str, step: int, timeout: float = 240) -
 
 
 def requeued_and_released(job_id: str, timeout: float = 120) -> None:
-    """Wait for the job to be back in the queue, then let it start at once: SLURM holds a requeued
-    job for about two minutes (reason BeginTime) before it may start again."""
+    """Wait for the job to be back in the queue, then let it start soon: SLURM holds a requeued
+    job for about two minutes (reason BeginTime) before it may start again. Not at once: the nodes
+    revoked the job's credential when they killed the last attempt, with one-second resolution, so
+    a launch within that same second is refused ("Job credential revoked") and the job fails."""
     deadline = time.monotonic() + timeout
     while queue.slurm_state(job_id) != "PENDING":
         assert time.monotonic() < deadline, f"job {job_id} was not requeued: {queue.show_job(job_id)}"
         time.sleep(0.2)
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now"], check=True, timeout=30)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now+2"], check=True, timeout=30)
 
 
 # -- without a cluster ---------------------------------------------------------------------------
