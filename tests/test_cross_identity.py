@@ -257,7 +257,7 @@ def test_identity_adversarial_classifier_learns_the_people():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
 
 
