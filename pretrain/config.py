@@ -80,8 +80,8 @@ class MiningConfig:
     """Settings of the memory bank and mining (the `mining:` block; used when an objective
     mines cross-identity neighbours, see `pretrain.bank`)."""
 
-    # bank entries (frames), 4 * embed_dim + 24 bytes each. 16k: the last ~85 steps of the default
-    # CPU run (192 frames a step), where exact CPU search of 64k costs ~15-30% of its small step
+    # bank entries (frames), 4 * embed_dim + 24 bytes each. 16k: the last ~170 steps of the default
+    # CPU run (96 frames a step), where exact CPU search of 64k costs ~15-30% of its small step
     # (`python -m pretrain.bench --mining`); on GPUs (faiss-gpu), 64k and more
     capacity: int = 16384
     k: int = 8  # cross-identity positives per anchor
