@@ -459,5 +459,5 @@ def test_landmark_geometry_trains_a_real_encoder_to_read_the_face_shape():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
