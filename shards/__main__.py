@@ -1,4 +1,4 @@
-"""`python -m shards {synth,merge,verify,inspect,quickstart}`."""
+"""`python -m shards {synth,build,merge,verify,inspect,quickstart}`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,24 @@ def _synth(args) -> int:
     )  # fmt: skip
     what = "" if args.part is None else f" (part {args.part[0]} of {args.part[1]}; merge with `python -m shards merge`)"
     print(f"wrote {manifest.totals} in {len(manifest.shards)} shards to {args.out}{what} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def _build(args) -> int:
+    from shards.build import build_shards
+
+    t0 = time.perf_counter()
+    manifest, skipped = build_shards(
+        args.videos, args.out, frames=args.frames, stride=args.stride, size=args.size,
+        clips_per_video=args.clips_per_video, quality=args.quality, shard_samples=args.shard_samples,
+        heldout=args.heldout, seed=args.seed, part=args.part,
+    )  # fmt: skip
+    what = "" if args.part is None else f" (part {args.part[0]} of {args.part[1]}; merge with `python -m shards merge`)"
+    print(f"wrote {manifest.totals} in {len(manifest.shards)} shards to {args.out}{what} in {time.perf_counter() - t0:.1f}s")
+    if skipped:
+        print(f"skipped {len(skipped)} video(s):")
+        for path, reason in skipped.items():
+            print(f"  {reason}")
     return 0
 
 
@@ -84,7 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", type=_part, help="K/N: write only part K (from 0) of N of the clips, for `merge`")
     p.set_defaults(run=_synth)
 
-    p = sub.add_parser("merge", help="merge the manifests of a set written in parts (synth --part K/N) into one")
+    p = sub.add_parser("build", help="face videos (VoxCeleb2 layout: ROOT/IDENTITY/VIDEO/CLIP.mp4) into shards")
+    p.add_argument("videos", help="folder of face-cropped videos")
+    p.add_argument("--out", required=True)
+    p.add_argument("--frames", type=int, default=16, help="frames per clip")
+    p.add_argument("--stride", type=int, default=1, help="video frames between a clip's frames")
+    p.add_argument("--size", type=int, default=112, help="square frame side after the centre crop")
+    p.add_argument("--clips-per-video", type=int, default=4, help="at most this many clips from each video")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    p.add_argument("--shard-samples", type=int, default=100)
+    p.add_argument("--heldout", type=float, default=0.0, help="share of identities held out (split 'heldout')")
+    p.add_argument("--seed", type=int, default=0, help="draws the held-out identities")
+    p.add_argument("--part", type=_part, help="K/N: build only part K (from 0) of N of the videos, for `merge`")
+    p.set_defaults(run=_build)
+
+    p = sub.add_parser("merge", help="merge the manifests of a set written in parts (synth or build --part K/N) into one")
     p.add_argument("folder")
     p.set_defaults(run=_merge)
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_resource_args(p, nodes=True)
 
     p = sub.add_parser("shards", help="a shard set written by a job array in parts, then merged")
-    p.add_argument("command", help="the `python -m shards` command to run in parts (synth)")
+    p.add_argument("command", help="the `python -m shards` command to run in parts (synth or build)")
     p.add_argument("--parts", type=positive, default=2, help="array tasks, each writing one part (default 2)")
     add_resource_args(p, array=True)
 

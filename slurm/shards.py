@@ -1,4 +1,4 @@
-"""`python -m slurm shards synth ...`: a shard set built by a job array, one task per part of
+"""`python -m slurm shards synth|build ...`: a shard set built by a job array, one task per part of
 the inputs, then a dependent job that merges the parts' manifests into one (shards.parts)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from slurm.executor import describe_array, submit_array_then
 from slurm.task import ChildTask
 
 # `python -m shards` commands that write a set in parts (their --part K/N option).
-PART_COMMANDS = ("synth",)
+PART_COMMANDS = ("synth", "build")
 
 
 def submit(args, command: str, tool_args: list[str]):
@@ -21,8 +21,7 @@ def submit(args, command: str, tool_args: list[str]):
     from shards.parts import merge
 
     if command not in PART_COMMANDS:
-        raise ValueError(f"python -m shards {command}: only {', '.join(PART_COMMANDS)} can be built in parts "
-                         "(there is no video ingestion command in shards/ yet)")  # fmt: skip
+        raise ValueError(f"python -m shards {command}: only {', '.join(PART_COMMANDS)} can be built in parts")
     if any(a == "--part" or a.startswith("--part=") for a in tool_args):
         raise ValueError("--part is set per array task by the launcher: give the number of parts with --parts N")
     parsed = build_parser().parse_args([command, *tool_args, "--part", f"0/{args.parts}"])  # exits on bad input

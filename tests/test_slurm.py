@@ -29,6 +29,7 @@ from slurm.task import ChildTask, RequeueLimitReached
 from test_finetune_run import TINY as FINETUNE_TINY
 from test_pretrain_run import TINY as PRETRAIN_TINY
 from test_pretrain_run import losses
+from test_shards_build import write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "slurm" / "local_cluster.sh"
@@ -239,6 +240,20 @@ def test_array_job_writes_shards_in_two_parts_and_merges_them(cluster, env, tmp_
     assert {s["path"].split("-")[1] for s in manifest["shards"]} == {"part0000", "part0001"}
     assert subprocess.run([sys.executable, "-m", "shards", "verify", str(out)], cwd=ROOT, env=env,
                           capture_output=True).returncode == 0  # fmt: skip
+
+
+def test_array_job_builds_shards_from_videos_in_two_parts(cluster, env, tmp_path):
+    videos, out = tmp_path / "vox", tmp_path / "set"
+    for identity, video, n in (("id1", "v1", 9), ("id1", "v2", 16), ("id2", "v3", 9), ("id3", "v4", 3)):
+        write_mp4(videos / identity / video / "00001.mp4", n)
+    proc = slurm_cli("shards", "build", "--parts", "2", "--wait", "--", videos, "--out", out, "--frames", "4",
+                     "--stride", "2", "--size", "24", env=env)  # fmt: skip
+    assert proc.returncode == 0 and "job array" in proc.stdout, proc.output[-5000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["clips"] == 1 + 2 + 1 and manifest["builder"]["parts"] == 2  # id3's video is too short
+    assert {s["path"].split("-")[1] for s in manifest["shards"]} == {"part0000", "part0001"}
+    logs = "".join(p.read_text() for p in (out / ".submitit").rglob("*_log.*"))
+    assert "v4/00001.mp4: shorter than one clip" in logs
 
 
 def test_finetune_sweep_of_2_folds_by_2_fractions_writes_one_summary(cluster, env, tmp_path):

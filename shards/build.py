@@ -1,0 +1,135 @@
+"""`python -m shards build`: face videos on disk into auforge.clip/1 shards.
+
+The input is a folder of face-cropped videos in VoxCeleb2's layout, `ROOT/IDENTITY/VIDEO/CLIP.mp4`
+(the identity and the video are the folder names); `ROOT/IDENTITY/CLIP.mp4` gives the identity
+with the file as its own video, and `ROOT/CLIP.mp4` neither (the reader then lets the video stand
+in for the identity, and says so). Every video yields up to `clips_per_video` clips of `frames`
+frames, `stride` apart, in windows that do not overlap, centre-cropped to a square and resized
+to `size`. No landmarks or AU labels: those come from a face aligner or a labelled set.
+
+A video that cannot be decoded, or is too short for one clip, is skipped, counted and reported
+by path and reason; the others are written. Held-out identities (split `heldout`) are drawn from
+the sorted identities with a fixed seed, so every part of a job array draws the same ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+from shards import parts
+from shards.format import Clip
+from shards.manifest import MANIFEST_NAME, Manifest
+from shards.writer import ShardWriter
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+
+
+def find_videos(root: Path) -> list[tuple[Path, str | None, str]]:
+    """(path, identity, video id) of every video under `root`, sorted by path."""
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()):
+        rel = path.relative_to(root).with_suffix("")
+        names = rel.parts
+        identity = names[0] if len(names) >= 2 else None
+        video = "/".join(names[:2]) if len(names) >= 3 else str(rel)
+        found.append((path, identity, video))
+    return found
+
+
+def _square(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = Image.fromarray(image[top : top + side, left : left + side])
+    return np.asarray(crop.resize((size, size), Image.BILINEAR))
+
+
+def video_clips(path: Path, *, frames: int, stride: int, size: int, clips_per_video: int, quality: int):
+    """[(first frame index, JPEG bytes per frame)], fps of one video; raises ValueError naming the
+    file when it cannot be read or is shorter than one clip."""
+    import av
+
+    span = (frames - 1) * stride + 1
+    windows: list[tuple[int, list[bytes]]] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or 25)
+            current: list[bytes] = []
+            for index, frame in enumerate(container.decode(stream)):
+                offset = index - len(windows) * span
+                if offset % stride == 0:
+                    image = _square(frame.to_ndarray(format="rgb24"), size)
+                    current.append(simplejpeg.encode_jpeg(image, quality=quality, colorspace="RGB"))
+                if offset == span - 1:
+                    windows.append((index - span + 1, current))
+                    current = []
+                    if len(windows) == clips_per_video:
+                        break
+    except (av.error.FFmpegError, OSError) as e:
+        raise ValueError(f"{path}: cannot decode: {e}") from e
+    if not windows:
+        raise ValueError(f"{path}: shorter than one clip ({span} frames: {frames} at stride {stride})")
+    return windows, fps
+
+
+def heldout_identities(identities: list[str], share: float, seed: int) -> set[str]:
+    if share <= 0 or len(identities) < 2:
+        return set()
+    count = min(len(identities) - 1, max(1, round(len(identities) * share)))
+    order = np.random.default_rng([seed, 0xB111D]).permutation(len(identities))[:count]
+    return {identities[i] for i in order}
+
+
+def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int = 112, clips_per_video: int = 4,
+                 quality: int = 90, shard_samples: int = 100, heldout: float = 0.0, seed: int = 0,
+                 name: str = "clips", part: tuple[int, int] | None = None) -> tuple[Manifest, dict[str, str]]:  # fmt: skip
+    """Write the videos under `root` as shards in `out_dir`. Returns the manifest and the skipped
+    videos (path -> reason). `part=(k, n)`: only part k of n of the videos, for `shards.parts.merge`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video folder not found: {root}")
+    videos = find_videos(root)
+    if not videos:
+        raise ValueError(f"{root}: no videos ({', '.join(VIDEO_SUFFIXES)}) under it")
+    held = heldout_identities(sorted({i for _, i, _ in videos if i is not None}), heldout, seed)
+    mine = videos if part is None else [videos[i] for i in parts.part_range(len(videos), *part)]
+    settings = dict(root=str(root.resolve()), frames=frames, stride=stride, size=size, clips_per_video=clips_per_video,
+                    quality=quality, heldout=heldout, seed=seed)  # fmt: skip
+    builder = {"name": "auforge.shards.build", "version": 1, "settings": settings}
+    skipped: dict[str, str] = {}
+    shard_name = name if part is None else parts.part_name(name, part[0])
+    with ShardWriter(out_dir, shard_name, builder=builder, max_samples=shard_samples,
+                     manifest_name=MANIFEST_NAME if part is None else None) as writer:  # fmt: skip
+        for split in ("train", "heldout"):
+            todo = [v for v in mine if (v[1] in held) == (split == "heldout")]
+            if todo:
+                writer.start_split(split)
+            for path, identity, video in todo:
+                try:
+                    windows, fps = video_clips(path, frames=frames, stride=stride, size=size,
+                                               clips_per_video=clips_per_video, quality=quality)  # fmt: skip
+                except ValueError as e:
+                    skipped[str(path)] = str(e)
+                    log.warning("skipped %s", e)
+                    continue
+                clip_base = str(path.relative_to(root).with_suffix(""))
+                for first, jpegs in windows:
+                    writer.write(Clip(clip_id=f"{clip_base}/{first:06d}", video_id=video, identity=identity,
+                                      frames=jpegs, size=(size, size), fps=fps, source=str(root.name),
+                                      frame_index=[first + t * stride for t in range(frames)]))  # fmt: skip
+        manifest = writer.close()
+        if part is not None:
+            parts.save_part(out_dir, *part, manifest, writer.seen(), name)
+    if skipped:
+        log.warning("skipped %d of %d videos (listed above)", len(skipped), len(mine))
+    return manifest, skipped

@@ -1,0 +1,131 @@
+"""`python -m shards build`: real MP4 files in VoxCeleb2's layout (written with PyAV) into shards,
+whole and in parts, with a broken and a too-short video skipped, counted and named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import simplejpeg
+
+from shards.build import build_shards, find_videos
+from shards.parts import merge
+from shards.stream import ClipStream
+
+REPO = Path(__file__).resolve().parents[1]
+FRAMES, STRIDE = 4, 2
+SPAN = (FRAMES - 1) * STRIDE + 1  # 7 video frames a clip
+# identity -> video -> clip -> frame count
+LAYOUT = {
+    "id001": {"vidA": {"00001": 16, "00002": 7}, "vidB": {"00001": 30}},
+    "id002": {"vidC": {"00001": 15}},
+    "id003": {"vidD": {"00001": 9}},
+}
+
+
+def grey(t: int) -> int:
+    return 8 + 8 * t  # frame t's brightness: the frame index, read back from the shards
+
+
+def write_mp4(path: Path, n: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 48, 40, "yuv420p"  # not square: the build crops the centre
+        s.options = {"qscale": "2"}
+        for t in range(n):
+            image = np.full((40, 48, 3), grey(t), np.uint8)
+            for packet in s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+
+
+def expected_clips(n: int, per_video: int) -> int:
+    return min(per_video, n // SPAN)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("vox")
+    for identity, vids in LAYOUT.items():
+        for video, clips in vids.items():
+            for clip, n in clips.items():
+                write_mp4(root / identity / video / f"{clip}.mp4", n)
+    write_mp4(root / "id002" / "vidE" / "short.mp4", SPAN - 1)  # shorter than one clip
+    (root / "id003" / "vidD" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video at all")
+    return root
+
+
+def read_back(folder: Path) -> list[tuple[dict, list[np.ndarray]]]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    out = []
+    for shard in manifest["shards"]:
+        with tarfile.open(folder / shard["path"]) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name in sorted(n for n in members if n.endswith(".json")):
+            key = name[: -len(".json")]
+            meta = json.loads(members[name])
+            jpegs = sorted(n for n in members if n.startswith(key + ".") and n.endswith(".jpg"))
+            out.append((meta, [simplejpeg.decode_jpeg(members[j], colorspace="RGB") for j in jpegs]))
+    return out
+
+
+def test_videos_become_clips_with_identity_video_and_frames_in_order(videos, tmp_path):
+    per_video = 2
+    manifest, skipped = build_shards(videos, tmp_path, frames=FRAMES, stride=STRIDE, size=32, clips_per_video=per_video,
+                                     shard_samples=3)  # fmt: skip
+    want = sum(expected_clips(n, per_video) for vids in LAYOUT.values() for clips in vids.values() for n in clips.values())
+    assert manifest.totals["clips"] == want
+    assert set(skipped) == {str(videos / "id002/vidE/short.mp4"), str(videos / "id003/vidD/broken.mp4")}
+    assert "shorter than one clip" in skipped[str(videos / "id002/vidE/short.mp4")]
+    assert "cannot decode" in skipped[str(videos / "id003/vidD/broken.mp4")]
+    clips = read_back(tmp_path)
+    assert len(clips) == want
+    stream = ClipStream(tmp_path, frames=FRAMES, batch_size=2, mode="exact", num_workers=0, rank=0, world=1)
+    assert sum(int(b.valid.sum()) for b in stream) == want and not stream.summary()  # training reads it all
+    for meta, frames in clips:
+        identity, video = meta["video_id"].split("/")
+        assert meta["identity"] == identity and video in LAYOUT[identity]
+        first = meta["frame_index"][0]
+        assert meta["frame_index"] == [first + STRIDE * t for t in range(FRAMES)]
+        assert first % SPAN == 0  # windows do not overlap
+        assert all(f.shape == (32, 32, 3) for f in frames)
+        seen = [int(np.median(f)) for f in frames]
+        assert all(abs(s - grey(t)) <= 4 for s, t in zip(seen, meta["frame_index"])), (meta["clip_id"], seen)
+
+
+def test_parts_merge_into_the_set_one_build_writes(videos, tmp_path):
+    settings = dict(frames=FRAMES, stride=STRIDE, size=32, clips_per_video=3, shard_samples=2, heldout=0.34, seed=1)
+    whole, _ = build_shards(videos, tmp_path / "whole", **settings)
+    for k in range(3):
+        build_shards(videos, tmp_path / "parts", **settings, part=(k, 3))
+    merged = merge(tmp_path / "parts")
+    assert merged.totals == whole.totals
+    assert {s: v["identities"] for s, v in merged.splits.items()} == {s: v["identities"] for s, v in whole.splits.items()}
+    held, train = (set(merged.splits[s]["identities"]) for s in ("heldout", "train"))
+    assert len(held) == 1 and len(train) == 2 and not held & train
+
+
+def test_cli_reports_the_skipped_videos_and_the_set_verifies(videos, tmp_path):
+    out = tmp_path / "set"
+    proc = subprocess.run([sys.executable, "-m", "shards", "build", str(videos), "--out", str(out), "--frames", "4",
+                           "--stride", "2", "--size", "24"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped 2 video(s)" in proc.stdout and "broken.mp4: cannot decode" in proc.stdout
+    assert subprocess.run([sys.executable, "-m", "shards", "verify", str(out)], cwd=REPO).returncode == 0
+    proc = subprocess.run([sys.executable, "-m", "shards", "build", str(videos / "nowhere"), "--out", str(out / "x")],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0 and f"video folder not found: {videos / 'nowhere'}" in proc.stderr
+
+
+def test_layouts_without_identity_or_video_folders(tmp_path):
+    write_mp4(tmp_path / "flat.mp4", 8)
+    write_mp4(tmp_path / "id9" / "clip.mp4", 8)
+    assert [(p.name, i, v) for p, i, v in find_videos(tmp_path)] == [("flat.mp4", None, "flat"), ("clip.mp4", "id9", "id9/clip")]
