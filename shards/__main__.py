@@ -140,8 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input, named by the error: one line, not a traceback
+        parser.exit(2, f"python -m shards {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

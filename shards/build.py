@@ -95,6 +95,9 @@ def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int 
                  name: str = "clips", part: tuple[int, int] | None = None) -> tuple[Manifest, dict[str, str]]:  # fmt: skip
     """Write the videos under `root` as shards in `out_dir`. Returns the manifest and the skipped
     videos (path -> reason). `part=(k, n)`: only part k of n of the videos, for `shards.parts.merge`."""
+    for what, value in (("frames", frames), ("stride", stride), ("size", size), ("clips_per_video", clips_per_video)):
+        if value < 1:
+            raise ValueError(f"{what} must be at least 1, not {value}")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"video folder not found: {root}")

@@ -122,7 +122,9 @@ def test_cli_reports_the_skipped_videos_and_the_set_verifies(videos, tmp_path):
     assert subprocess.run([sys.executable, "-m", "shards", "verify", str(out)], cwd=REPO).returncode == 0
     proc = subprocess.run([sys.executable, "-m", "shards", "build", str(videos / "nowhere"), "--out", str(out / "x")],
                           cwd=REPO, capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode != 0 and f"video folder not found: {videos / 'nowhere'}" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip() == f"python -m shards build: error: video folder not found: {videos / 'nowhere'}"
+    with pytest.raises(ValueError, match="stride must be at least 1, not 0"):
+        build_shards(videos, tmp_path / "y", stride=0)
 
 
 def test_layouts_without_identity_or_video_folders(tmp_path):
