@@ -16,9 +16,13 @@ def _synth(args) -> int:
         args.out, args.clips, frames=args.frames, size=args.size, identities=args.identities,
         seed=args.seed, shard_samples=args.shard_samples, heldout=args.heldout, part=args.part,
     )  # fmt: skip
-    what = "" if args.part is None else f" (part {args.part[0]} of {args.part[1]}; merge with `python -m shards merge`)"
-    print(f"wrote {manifest.totals} in {len(manifest.shards)} shards to {args.out}{what} in {time.perf_counter() - t0:.1f}s")
+    _wrote(args, manifest, time.perf_counter() - t0)
     return 0
+
+
+def _wrote(args, manifest, seconds: float) -> None:
+    what = "" if args.part is None else f" (part {args.part[0]} of {args.part[1]}; merge with `python -m shards merge`)"
+    print(f"wrote {manifest.totals} in {len(manifest.shards)} shards to {args.out}{what} in {seconds:.1f}s")
 
 
 def _build(args) -> int:
@@ -30,8 +34,7 @@ def _build(args) -> int:
         clips_per_video=args.clips_per_video, quality=args.quality, shard_samples=args.shard_samples,
         heldout=args.heldout, seed=args.seed, part=args.part,
     )  # fmt: skip
-    what = "" if args.part is None else f" (part {args.part[0]} of {args.part[1]}; merge with `python -m shards merge`)"
-    print(f"wrote {manifest.totals} in {len(manifest.shards)} shards to {args.out}{what} in {time.perf_counter() - t0:.1f}s")
+    _wrote(args, manifest, time.perf_counter() - t0)
     if skipped:
         print(f"skipped {len(skipped)} video(s):")
         for path, reason in skipped.items():

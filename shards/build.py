@@ -23,7 +23,7 @@ from PIL import Image
 
 from shards import parts
 from shards.format import Clip
-from shards.manifest import MANIFEST_NAME, Manifest
+from shards.manifest import MANIFEST_NAME, Manifest, heldout_people
 from shards.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,6 @@ def video_clips(path: Path, *, frames: int, stride: int, size: int, clips_per_vi
     return windows, fps
 
 
-def heldout_identities(identities: list[str], share: float, seed: int) -> set[str]:
-    if share <= 0 or len(identities) < 2:
-        return set()
-    count = min(len(identities) - 1, max(1, round(len(identities) * share)))
-    order = np.random.default_rng([seed, 0xB111D]).permutation(len(identities))[:count]
-    return {identities[i] for i in order}
-
-
 def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int = 112, clips_per_video: int = 4,
                  quality: int = 90, shard_samples: int = 100, heldout: float = 0.0, seed: int = 0,
                  name: str = "clips", part: tuple[int, int] | None = None) -> tuple[Manifest, dict[str, str]]:  # fmt: skip
@@ -104,7 +96,8 @@ def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int 
     videos = find_videos(root)
     if not videos:
         raise ValueError(f"{root}: no videos ({', '.join(VIDEO_SUFFIXES)}) under it")
-    held = heldout_identities(sorted({i for _, i, _ in videos if i is not None}), heldout, seed)
+    people = sorted({i for _, i, _ in videos if i is not None})
+    held = {people[i] for i in heldout_people(seed, len(people), heldout)}
     mine = videos if part is None else [videos[i] for i in parts.part_range(len(videos), *part)]
     settings = dict(root=str(root.resolve()), frames=frames, stride=stride, size=size, clips_per_video=clips_per_video,
                     quality=quality, heldout=heldout, seed=seed)  # fmt: skip

@@ -11,10 +11,21 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from shards.atomic import write_text_atomic
 from shards.format import SCHEMA
 
 MANIFEST_NAME = "manifest.json"
+
+
+def heldout_people(seed: int, identities: int, share: float) -> set[int]:
+    """Which of `identities` people (0..identities-1) go to the split 'heldout': a seeded draw of
+    about `share` of them, at least one and never all, the same in every process."""
+    if share <= 0:
+        return set()
+    count = min(identities - 1, max(1, round(identities * share)))
+    return set(np.random.default_rng([seed, 0x4E1D]).permutation(identities)[:count].tolist())
 
 
 @dataclass

@@ -34,7 +34,7 @@ from PIL import Image, ImageFilter
 from shards.face import AU_INDEX, AU_NAMES, Identity, face_state, landmarks_canonical, project, render
 from shards.format import Clip
 from shards import parts
-from shards.manifest import MANIFEST_NAME, Manifest
+from shards.manifest import MANIFEST_NAME, Manifest, heldout_people
 from shards.writer import ShardWriter
 
 FPS = 25.0
@@ -245,13 +245,6 @@ def make_clip(seed: int, index: int, identities: int, frames: int, size: int) ->
 def occurrence(intensity: np.ndarray) -> np.ndarray:
     """Present from FACS level A (trace, intensity 1) up."""
     return (intensity >= 1.0).astype(np.int8)
-
-
-def heldout_people(seed: int, identities: int, share: float) -> set[int]:
-    if share <= 0:
-        return set()
-    count = min(identities - 1, max(1, round(identities * share)))
-    return set(np.random.default_rng([seed, 0x4E1D]).permutation(identities)[:count].tolist())
 
 
 def write_synthetic(out_dir, clips: int, frames: int = 16, size: int = 112, identities: int = 20, seed: int = 0,

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from pretrain.config import register
 from shards.manifest import Manifest
 from shards.stream import ClipStream
-from shards.synthetic import heldout_people
+from shards.manifest import heldout_people
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 

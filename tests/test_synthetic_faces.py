@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 from shards.face import AU_INDEX, AU_NAMES, Identity, face_state, landmarks_canonical, project, render
+from shards.manifest import heldout_people
 from shards.synthetic import (
     Renderer,
     _video_setting,
     au_track,
-    heldout_people,
     occurrence,
     write_synthetic,
 )
