@@ -271,6 +271,7 @@ def fit(cfg) -> dict:
     bar = tqdm(total=cfg.train.steps, initial=run.step, disable=not lead, dynamic_ncols=True, desc="pretrain")
     batches = iter(run.stream)
     install_stop_handlers()
+    first_step, started = run.step, time.perf_counter()
     while run.step < cfg.train.steps:
         t0 = time.perf_counter()
         record = run.train_step(batches)
@@ -297,7 +298,9 @@ def fit(cfg) -> dict:
                         _stop_requested[0] if _stop_requested else "on another rank", run.step, cfg.train.steps)
             return {"stopped_at": run.step}
     bar.close()
+    timing = {"train_s": time.perf_counter() - started, "steps": run.step - first_step}
     run.stream.log_summary()
+    started = time.perf_counter()
     results = run.evaluate()
     if lead and results and cfg.eval.random_baseline:
         from pretrain.evaluate import probe_encoder
@@ -308,14 +311,18 @@ def fit(cfg) -> dict:
     run.log(results, writer)
     if lead:
         folder = publish(run, results)
-        print(summary(run, results, folder), flush=True)
+        timing["probes_s"] = time.perf_counter() - started
+        print(summary(run, results, folder, timing), flush=True)
         writer.close()
     distributed.barrier()
     return results
 
 
-def summary(run: Run, r: dict, folder: Path) -> str:
-    lines = [f"pretrained {run.cfg.model.arch} for {run.step} steps ({run.samples} clips); published {folder}"]
+def summary(run: Run, r: dict, folder: Path, timing: dict) -> str:
+    rate = timing["steps"] / max(timing["train_s"], 1e-9)
+    lines = [f"pretrained {run.cfg.model.arch} for {run.step} steps ({run.samples} clips); published {folder}",
+             f"this start trained {timing['steps']} steps in {timing['train_s']:.0f}s ({rate:.2f} steps/s), then probed "
+             f"and published in {timing['probes_s']:.0f}s"]  # fmt: skip
     if r:
         lines.append("probes on held-out identities      pretrained   random init")
         fraction = f"{run.cfg.eval.label_fraction:.0%} labels"

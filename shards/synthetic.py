@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -36,6 +37,8 @@ from shards.format import Clip
 from shards import parts
 from shards.manifest import MANIFEST_NAME, Manifest, heldout_people
 from shards.writer import ShardWriter
+
+log = logging.getLogger(__name__)
 
 FPS = 25.0
 VIDEOS_PER_PERSON = 4
@@ -297,7 +300,10 @@ def cached_synthetic(clips: int, frames: int = 16, size: int = 112, identities: 
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
+            started = time.perf_counter()
             write_synthetic(tmp, **settings)
+            log.info("rendered %d synthetic clips into %s in %.0fs (once: later runs reuse them)", clips, final,
+                     time.perf_counter() - started)  # fmt: skip
             try:
                 tmp.rename(final)
             except OSError:  # another process finished first: use theirs

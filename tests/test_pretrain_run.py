@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,6 +224,7 @@ def test_probes_during_and_after_training_and_logs(tmp_path, cache):
     assert all({"lr", "throughput/clips_per_s", "time/data_share", "time/backward"} <= set(r) for r in train_records)
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert "AU linear probe, 2% labels" in proc.stdout and "identity chance level" in proc.stdout
+    assert re.search(r"this start trained 4 steps in \d+s \([\d.]+ steps/s\), then probed and published in \d+s", proc.stdout)
     assert all(f"probe/linear_f1_seed{s}" in final for s in range(5))  # one sparse-label draw each
     assert (run_dir / "hydra" / "config.yaml").exists()  # the resolved config is saved with the run
 
