@@ -131,8 +131,16 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 class Whitening(nn.Module):
     """Running mean and covariance of a target (buffers: checkpointed with the model, and equal on
-    every rank since each update sums the global batch), and the map onto its top `components`
-    principal axes scaled to unit variance."""
+    every rank since each update sums the global batch), and a map onto its top `components`
+    principal axes scaled to unit variance.
+
+    The map is kept continuous from one update to the next: `eigh` returns each axis with an
+    arbitrary sign, and axes of near-equal variance in an arbitrary order, so a map taken straight
+    from it flips the regression target between steps (on the synthetic landmarks, the leading
+    motion axes flipped dozens of times in 500 steps). After each update the new axes are rotated
+    within their own span onto the previous ones (orthogonal Procrustes), which changes nothing
+    about the whitening (any rotation of whitened data is white) but keeps the target's
+    coordinates where they were."""
 
     def __init__(self, dim: int, components: int, momentum: float):
         super().__init__()
@@ -140,6 +148,8 @@ class Whitening(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("cov", torch.eye(dim))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("axes", torch.eye(dim, components))  # orthonormal, aligned over updates
+        self.register_buffer("map", torch.eye(dim, components))  # x - mean -> whitened coordinates
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:  # [N, dim], finite rows only
@@ -150,12 +160,22 @@ class Whitening(nn.Module):
         m = 1.0 if self.updates == 0 else self.momentum
         self.mean.lerp_(mean.float(), m)
         self.cov.lerp_(cov.float(), m)
+        self._refresh(first=self.updates == 0)
         self.updates += 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _refresh(self, first: bool) -> None:
         values, vectors = torch.linalg.eigh(self.cov.double())  # ascending
-        top = vectors[:, -self.components :] / values[-self.components :].clamp_min(1e-12).sqrt()
-        return (x - self.mean) @ top.float()
+        axes, scale = vectors[:, -self.components :], values[-self.components :].clamp_min(1e-12).rsqrt()
+        if first:  # no previous axes: a fixed sign convention (largest entry of each axis positive)
+            rotation = torch.diag(torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True))[0]))
+        else:  # the rotation R of the new span nearest the previous axes: R = polar(axes^T previous)
+            u, _, vh = torch.linalg.svd(axes.T @ self.axes.double())
+            rotation = u @ vh
+        self.axes.copy_(axes @ rotation)
+        self.map.copy_((axes * scale) @ rotation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.map
 
 
 @register("landmark_geometry")
