@@ -16,9 +16,15 @@ register()
 
 @hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base=None)
 def main(cfg) -> None:
+    from pretrain.config import ConfigError
     from pretrain.train import STOPPED_EXIT, fit
 
-    if "stopped_at" in fit(cfg):
+    try:
+        result = fit(cfg)
+    except ConfigError as e:  # a value that cannot run: one line naming the key, not a traceback
+        print(f"python -m pretrain: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if "stopped_at" in result:
         sys.exit(STOPPED_EXIT)
 
 

@@ -114,9 +114,12 @@ def register() -> None:
     ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
 
 
-# Keys that may change between a run and its resumption without changing what it computes.
+# Keys that may change between a run and its resumption without changing what it computes: the
+# one rule for resuming (the stream's own fingerprint only guards it). `data.num_workers` is not
+# one: each worker reads its own seeded logical stream (shards.stream), so the data a resumed run
+# would see depends on the worker count.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.ckpt_every", "train.keep", "train.eval_every",
-                     "train.run_dir", "train.publish_name", "eval", "data.num_workers")  # fmt: skip
+                     "train.run_dir", "train.publish_name", "eval")  # fmt: skip
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -142,3 +145,37 @@ def resume_conflicts(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """Human-readable differences that forbid resuming: 'key: saved -> now'."""
     keys = sorted(set(saved) | set(now))
     return [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run, named by its key: refused before anything starts."""
+
+
+def check_values(cfg) -> None:
+    """Refuse values that would otherwise fail only after DeepSpeed has started, naming the key."""
+    import timm
+
+    from pretrain.model import TEMPORAL
+
+    at_least = {"train.batch_size": 1, "train.steps": 1, "train.ckpt_every": 1, "train.log_every": 1,
+                "optim.grad_accum": 1, "data.stride": 1, "model.embed_dim": 1,
+                # a clip gives two temporal views of at least 2 frames each (Run.view_length)
+                "data.frames": 2}  # fmt: skip
+    for key, low in at_least.items():
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or value < low:
+            raise ConfigError(f"{key}={value!r}: must be an integer >= {low}")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers={cfg.data.num_workers}: must be >= 0")
+    if cfg.data.resize is not None and cfg.data.resize < 8:
+        raise ConfigError(f"data.resize={cfg.data.resize}: must be at least 8 pixels, or null for the stored size")
+    if not timm.is_model(cfg.model.arch):
+        close = timm.list_models(f"*{cfg.model.arch}*")[:8]
+        raise ConfigError(f"model.arch={cfg.model.arch!r}: not a timm architecture"
+                          + (f" (similar: {', '.join(close)})" if close else ""))  # fmt: skip
+    if cfg.model.temporal not in TEMPORAL:
+        raise ConfigError(f"model.temporal={cfg.model.temporal!r}: one of {sorted(TEMPORAL)}")
+    if cfg.deepspeed.stage not in (0, 1, 2):
+        raise ConfigError(f"deepspeed.stage={cfg.deepspeed.stage}: ZeRO stage 0, 1 or 2")
+    if not cfg.objectives:
+        raise ConfigError("objectives: none configured (pick objective=..., e.g. objective=temporal)")

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from pretrain import distributed
 from pretrain.augment import make_views, step_generator
-from pretrain.checkpoint import Checkpointer
-from pretrain.config import resume_view
+from pretrain.checkpoint import Checkpointer, lock_run_dir
+from pretrain.config import check_values, resume_view
 from pretrain.model import ClipEncoder
 from finetune.frames import align_clips
 from pretrain.objectives import PretrainModel, build_objectives
@@ -47,6 +47,23 @@ def install_stop_handlers() -> None:
             signal.signal(sig, request_stop)
         except ValueError:  # not the main thread: the caller decides how to stop
             return
+
+
+def end_after_fatal_error() -> None:
+    """Make a failed run exit now. The data workers block the stop signals (see STOP_SIGNALS), so
+    at interpreter exit multiprocessing's SIGTERM could not end them and its join would wait
+    forever, holding the job's nodes; they are killed instead (SIGKILL cannot be blocked), and the
+    stop signals get their default action back so that a scheduler's SIGTERM ends this process."""
+    import multiprocessing
+
+    for sig in STOP_SIGNALS:
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except ValueError:  # not the main thread
+            break
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout=5)
 
 
 def lr_at(step: int, cfg, global_batch: int) -> float:
@@ -116,6 +133,8 @@ class Run:
         self.cfg = cfg
         self.rank, self.world, self.device = distributed.init()
         self.run_dir = Path(cfg.train.run_dir)
+        if self.rank == 0:  # before anything is rendered or written: a second start is refused now
+            lock_run_dir(self.run_dir)
         self.source = data_source(cfg, self.rank)
         self.manifest = Manifest.load(self.source) if Path(self.source).exists() else None  # URLs: none
         size = cfg.data.resize or (self.manifest.frame_size[0] if self.manifest else 112)
@@ -261,7 +280,17 @@ def publish(run: Run, results: dict) -> Path:
 
 
 def fit(cfg) -> dict:
-    """Train to `train.steps` (resuming from the run directory), then probe and publish."""
+    """Train to `train.steps` (resuming from the run directory), then probe and publish. A fatal
+    error ends the data workers too, so that the process exits with it."""
+    check_values(cfg)
+    try:
+        return _fit(cfg)
+    except BaseException:
+        end_after_fatal_error()
+        raise
+
+
+def _fit(cfg) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 

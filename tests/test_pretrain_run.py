@@ -133,6 +133,50 @@ def test_config_is_strict_and_complete():
             assert preset.data.frames == 16 and preset.data.resize == 112 and preset.optim.lr_batch == 256
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "train.batch_size=0: must be an integer >= 1"),
+    ("data.frames=0", "data.frames=0: must be an integer >= 2"),
+    ("model.arch=resnet9000", "model.arch='resnet9000': not a timm architecture"),
+    ("deepspeed.stage=3", "deepspeed.stage=3"),
+])  # fmt: skip
+def test_bad_values_are_refused_with_the_config_naming_the_key(override, message):
+    from pretrain.config import ConfigError, check_values
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        check_values(compose(config_name="pretrain"))  # the defaults pass
+        with pytest.raises(ConfigError) as refused:
+            check_values(compose(config_name="pretrain", overrides=[override]))
+    assert message in str(refused.value)
+
+
+def test_bad_value_stops_the_command_in_one_line_before_deepspeed(tmp_path, cache):
+    proc = run(tmp_path / "run", cache, steps=3, extra=["train.batch_size=0"], check=False)
+    assert proc.returncode == 2 and "python -m pretrain: train.batch_size=0: must be an integer >= 1" in proc.stderr
+    assert "Traceback" not in proc.stderr and "deepspeed" not in proc.stderr.lower()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_fatal_error_ends_the_run_and_its_workers(tmp_path, cache):
+    """A run that fails after its data workers started (here every clip's frames are corrupt, so
+    the stream gives up) exits with an error status by itself: the workers block the stop signals,
+    and the main process used to wait on them forever, so `timeout` (SIGTERM) could not end it."""
+    from shards.synthetic import write_synthetic
+    from stream_helpers import read_members, write_members
+
+    source = tmp_path / "corrupt"
+    manifest = write_synthetic(source, clips=12, frames=6, size=32, identities=4, seed=5, shard_samples=6, heldout=0.0)
+    for shard in manifest.shards:
+        path = source / shard.path
+        write_members(path, [(n, b"not a jpeg" if n.endswith(".jpg") else b) for n, b in read_members(path)])
+    extra = ["data=shards", f"data.source={source}", "data.train_split=null", "data.eval_split=null"]
+    started = time.time()
+    proc = subprocess.run(["timeout", "--signal=TERM", "120", *command(tmp_path / "run", 5, 1, extra)], env=env(cache),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode not in (0, 124, 137), (proc.returncode, proc.stderr[-3000:])
+    assert "bad samples in a row" in proc.stderr and time.time() - started < 100
+
+
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_killed_run_resumes_to_the_same_losses(tmp_path, tmp_path_factory, cache, ranks):
     """A run killed after step 4 resumes from its step-3 checkpoint and logs, step by step, the
@@ -203,6 +247,10 @@ def test_changed_config_is_refused_with_what_changed(tmp_path, cache):
     proc = run(run_dir, cache, steps=6, extra=["optim.lr=0.01"], check=False)
     assert proc.returncode != 0
     assert "optim.lr: 0.002 -> 0.01" in proc.stdout + proc.stderr
+    # the worker count decides which clips each logical stream reads: refused by the config check
+    # (it used to pass it and fail later on the stream's fingerprint)
+    proc = run(run_dir, cache, steps=6, extra=["data.num_workers=1"], check=False)
+    assert proc.returncode != 0 and "data.num_workers: 2 -> 1" in proc.stdout + proc.stderr, proc.stderr[-2000:]
     # what may change does not block resumption: more steps continue the run
     run(run_dir, cache, steps=6)
     assert sorted(losses(run_dir)) == list(range(1, 7))
