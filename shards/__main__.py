@@ -26,20 +26,28 @@ def _wrote(args, manifest, seconds: float) -> None:
 
 
 def _build(args) -> int:
-    from shards.build import build_shards
+    from shards.build import NoClips, build_shards
 
     t0 = time.perf_counter()
-    manifest, skipped = build_shards(
-        args.videos, args.out, frames=args.frames, stride=args.stride, size=args.size,
-        clips_per_video=args.clips_per_video, quality=args.quality, shard_samples=args.shard_samples,
-        heldout=args.heldout, seed=args.seed, part=args.part,
-    )  # fmt: skip
+    try:
+        manifest, skipped = build_shards(
+            args.videos, args.out, frames=args.frames, stride=args.stride, size=args.size,
+            clips_per_video=args.clips_per_video, quality=args.quality, shard_samples=args.shard_samples,
+            heldout=args.heldout, seed=args.seed, part=args.part,
+        )  # fmt: skip
+    except NoClips as e:
+        _list_skipped(e.skipped)  # why each video failed is what the user needs to fix
+        raise
     _wrote(args, manifest, time.perf_counter() - t0)
+    _list_skipped(skipped)
+    return 0
+
+
+def _list_skipped(skipped: dict[str, str]) -> None:
     if skipped:
         print(f"skipped {len(skipped)} video(s):")
-        for path, reason in skipped.items():
+        for reason in skipped.values():  # each reason names its file
             print(f"  {reason}")
-    return 0
 
 
 def _merge(args) -> int:

@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
 
+class NoClips(ValueError):
+    """Every video was skipped: an empty set would verify and then starve a training run, so no
+    manifest is written. `skipped` maps each video to why it was skipped."""
+
+    def __init__(self, root: Path, skipped: dict[str, str]):
+        super().__init__(f"{root}: no clip written: all {len(skipped)} video(s) were skipped, so no manifest either")
+        self.skipped = skipped
+
+
 def find_videos(root: Path) -> list[tuple[Path, str | None, str]]:
     """(path, identity, video id) of every video under `root`, sorted by path."""
     found = []
@@ -103,6 +112,7 @@ def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int 
                     quality=quality, heldout=heldout, seed=seed)  # fmt: skip
     builder = {"name": "auforge.shards.build", "version": 1, "settings": settings}
     skipped: dict[str, str] = {}
+    written = 0
     shard_name = name if part is None else parts.part_name(name, part[0])
     with ShardWriter(out_dir, shard_name, builder=builder, max_samples=shard_samples,
                      manifest_name=MANIFEST_NAME if part is None else None) as writer:  # fmt: skip
@@ -119,10 +129,15 @@ def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int 
                     log.warning("skipped %s", e)
                     continue
                 clip_base = str(path.relative_to(root).with_suffix(""))
+                written += len(windows)
                 for first, jpegs in windows:
                     writer.write(Clip(clip_id=f"{clip_base}/{first:06d}", video_id=video, identity=identity,
                                       frames=jpegs, size=(size, size), fps=fps, source=str(root.name),
                                       frame_index=[first + t * stride for t in range(frames)]))  # fmt: skip
+        # Raised inside the writer, which then writes no manifest. An empty part is recorded
+        # all the same: merging needs every part, and refuses a set that is empty as a whole.
+        if not written and part is None:
+            raise NoClips(root, skipped)
         manifest = writer.close()
         if part is not None:
             parts.save_part(out_dir, *part, manifest, writer.seen(), name)

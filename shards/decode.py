@@ -15,7 +15,7 @@ import numpy as np
 import simplejpeg
 from webdataset.gopen import gopen
 
-from shards.format import N_LANDMARKS, frame_member, load_npy, parse_metadata
+from shards.format import N_LANDMARKS, check_metadata, frame_member, load_npy
 
 # What can be wrong, from the shard down to one label array.
 ERROR_KINDS = (
@@ -23,7 +23,8 @@ ERROR_KINDS = (
     "truncated_shard",  # the tar ends or breaks in the middle
     "short_shard",  # fewer samples than the manifest says
     "missing_json",  # a member group without KEY.json
-    "bad_json",  # KEY.json unparsable or lacking fields
+    "bad_json",  # KEY.json is not JSON
+    "bad_metadata",  # KEY.json breaks the auforge.clip/1 schema: a field missing or of the wrong type
     "missing_frame",  # a frame that frame_index promises is absent
     "corrupt_jpeg",  # a frame that does not decode
     "bad_shape",  # frame size or count not what the metadata or the stream expects
@@ -165,12 +166,7 @@ def decode_clip(
     costs less than decoding in full; `out` must have the reduced size.
     """
     key = group["__key__"]
-    if "json" not in group:
-        raise BadSample("missing_json", "no .json member")
-    try:
-        meta = parse_metadata(group["json"])
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadSample("bad_json", str(e)) from None
+    meta = metadata_of(group)
     height, width = meta["size"]
     n_stored = len(meta["frame_index"])
     chosen = pick_frames(n_stored, frames, stride, rng)
@@ -233,25 +229,29 @@ def _au_labels(group: dict, n_stored: int, n_aus: int, chosen: np.ndarray) -> di
     return {"au_occ": au["occ"].astype(np.int8), "au_int": au["int"].astype(np.float32)}
 
 
-def first_sample(urls) -> tuple[dict, int]:
-    """Metadata and AU count of the first readable clip among `urls`, for sets without a manifest."""
-    from shards.format import load_npy
-
+def first_sample(urls) -> tuple[dict, int, dict]:
+    """Metadata, AU count and member group of the first readable clip among `urls`, for what
+    a manifest does not say (sets without one, or written before it said so)."""
     for url in urls:
         try:
             for group in iter_groups(url):
                 n_aus = load_npy(group["au.npy"]).shape[1] if "au.npy" in group else 0
-                return metadata_of(group), n_aus
+                return metadata_of(group), n_aus, group
         except (BadSample, ValueError, IndexError):
             continue
     raise ValueError(f"no readable sample in {urls[0] if urls else 'no shards'} and the shards after it")
 
 
 def metadata_of(group: dict) -> dict:
-    """Parsed metadata of a group without decoding frames (for counting and inspection)."""
+    """The checked metadata of a group, without decoding frames; BadSample when it is absent,
+    not JSON (`bad_json`), or not the schema (`bad_metadata`, saying which field is wrong)."""
     if "json" not in group:
         raise BadSample("missing_json", "no .json member")
     try:
-        return parse_metadata(group["json"])
-    except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadSample("bad_json", str(e)) from None
+        meta = json.loads(group["json"])
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are
+        raise BadSample("bad_json", f"not JSON: {e}") from None
+    try:
+        return check_metadata(meta)
+    except ValueError as e:
+        raise BadSample("bad_metadata", str(e)) from None

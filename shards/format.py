@@ -13,7 +13,8 @@ member name up to its first dot, so keys never contain dots):
 |                        | and field `int` float16 (0..5, NaN unknown); A = manifest AU list |
 
 Both labels live in one `.npy` as a structured array so that a clip's labels are one member
-that cannot be half present.
+that cannot be half present. `check_metadata` is the one check of `KEY.json` (the field types
+are in META_SCHEMA): the writer, the stream and `verify` all apply it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +32,7 @@ import numpy as np
 SCHEMA = "auforge.clip/1"
 N_LANDMARKS = 68
 AU_DTYPE = np.dtype([("occ", "i1"), ("int", "<f2")])
-META_FIELDS = ("clip_id", "video_id", "identity", "track_id", "source", "fps", "frame_index", "size")
+LABEL_MEMBERS = ("landmarks", "au")  # the optional label members, `KEY.landmarks.npy` and `KEY.au.npy`
 _KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -82,8 +85,6 @@ class Clip:
     def metadata(self) -> dict:
         n = len(self.frames)
         frame_index = list(range(n)) if self.frame_index is None else [int(i) for i in self.frame_index]
-        if len(frame_index) != n:
-            raise ValueError(f"clip {self.clip_id}: {n} frames but {len(frame_index)} frame_index entries")
         meta = {
             "clip_id": self.clip_id,
             "video_id": self.video_id,
@@ -95,7 +96,10 @@ class Clip:
             "size": [int(self.size[0]), int(self.size[1])],
         }
         meta.update(self.extra)
-        return meta
+        try:  # the readers' own check: a writer never writes what they would skip
+            return check_metadata(meta, n)
+        except ValueError as e:
+            raise ValueError(f"clip {self.clip_id}: {e}") from None
 
     def members(self, n_aus: int) -> list[tuple[str, bytes]]:
         """(suffix, bytes) pairs in the order they go into the tar."""
@@ -155,19 +159,54 @@ def load_npy(data: bytes) -> np.ndarray:
     return array
 
 
-def parse_metadata(data: bytes) -> dict:
-    """Decode and check `KEY.json`; raises ValueError saying which field is wrong."""
-    meta = json.loads(data)
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no number
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_str_or_null(value) -> bool:
+    return value is None or isinstance(value, str)
+
+
+# The auforge.clip/1 metadata fields: (test, what the field must be). Frame indices are video
+# frame numbers: never negative (the batch's -1 means padding) and within int64 (the batch's dtype).
+META_SCHEMA = {
+    "clip_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "video_id": (lambda v: isinstance(v, str), "a string"),
+    "identity": (_is_str_or_null, "a string or null"),
+    "track_id": (_is_str_or_null, "a string or null"),
+    "source": (lambda v: isinstance(v, str), "a string"),
+    "fps": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "frame_index": (
+        lambda v: isinstance(v, list) and v != [] and all(_is_int(i) and 0 <= i < 2**63 for i in v),
+        "a non-empty list of ints >= 0, one per stored frame",
+    ),
+    "size": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(s) and s > 0 for s in v),
+             "[H, W] of positive ints"),
+}  # fmt: skip
+META_FIELDS = tuple(META_SCHEMA)
+
+
+def check_metadata(meta, n_frames: int | None = None) -> dict:
+    """`meta` if it is auforge.clip/1 metadata, else ValueError saying which field is wrong and how.
+
+    The one check of the schema: the writer, the stream and `verify` all call it, so what one
+    accepts the others accept. `n_frames`, where known, is the number of stored frames that
+    frame_index must match. Fields beyond the schema's (a builder's extras) pass unchecked.
+    """
     if not isinstance(meta, dict):
-        raise ValueError("metadata is not a JSON object")
+        raise ValueError(f"metadata is a JSON {type(meta).__name__}, not an object")
     missing = [f for f in META_FIELDS if f not in meta]
     if missing:
         raise ValueError(f"metadata lacks {', '.join(missing)}")
-    if not isinstance(meta["frame_index"], list) or not meta["frame_index"]:
-        raise ValueError("frame_index must be a non-empty list")
-    size = meta["size"]
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise ValueError(f"size must be [H, W] of positive ints, got {size!r}")
+    for name, (ok, what) in META_SCHEMA.items():
+        if not ok(meta[name]):
+            raise ValueError(f"{name} must be {what}, not {reprlib.repr(meta[name])}")
+    if n_frames is not None and len(meta["frame_index"]) != n_frames:
+        raise ValueError(f"frame_index has {len(meta['frame_index'])} entries for {n_frames} frames")
     return meta
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from shards.atomic import write_text_atomic
-from shards.format import SCHEMA
+from shards.format import LABEL_MEMBERS, SCHEMA
 
 MANIFEST_NAME = "manifest.json"
 
@@ -34,6 +34,9 @@ class ShardInfo:
     samples: int
     bytes: int
     sha256: str
+    # Clips of the shard carrying each label member (LABEL_MEMBERS), so that a trainer can refuse
+    # an objective its data cannot feed before it starts; None in manifests written before this.
+    labels: dict[str, int] | None = None
 
 
 @dataclass
@@ -80,6 +83,19 @@ class Manifest:
     @property
     def total_clips(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    def carries(self, label: str) -> bool | None:
+        """Whether any clip of these shards carries `label` ("landmarks" or "au"); None when
+        unknown (shards listed by a manifest written before the counts were recorded: read a
+        sample, as `ClipStream.carries` does). AU labels need AU names: without them, False."""
+        if label not in LABEL_MEMBERS:
+            raise ValueError(f"unknown label {label!r}: shards carry {', '.join(LABEL_MEMBERS)}")
+        if label == "au" and not self.au_names:
+            return False
+        counts = [s.labels for s in self.shards]
+        if any(c and c.get(label) for c in counts):
+            return True
+        return None if None in counts else False
 
     def split(self, name: str) -> "Manifest":
         """The manifest restricted to one split's shards."""

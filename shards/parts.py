@@ -103,6 +103,9 @@ def merge(folder: str | Path) -> Manifest:
         videos.update(info.get("videos", ()))
         identities.update(info.get("identities", ()))
         frames += m.totals.get("frames", 0)
+    if not sum(s.samples for s in shards):  # as a whole build of nothing but bad inputs: no set at all
+        raise ValueError(f"{folder}: the {len(parts)} parts hold no clips (every input was skipped): "
+                         "no manifest written")  # fmt: skip
     names = [s.path for s in shards]
     if len(set(names)) != len(names):
         raise ValueError(f"{folder}: two parts list the same shard name; were they written with the same --part?")

@@ -27,6 +27,12 @@ class ShardSource:
     weight: float = 1.0
     manifest: Manifest | None = None
     name: str = ""
+    manifest_path: str = ""  # where `manifest` was read, for errors that name it
+
+    @property
+    def origin(self) -> str:
+        """What to name in an error about this source: its manifest, else its first shard."""
+        return self.manifest_path or (self.urls[0] if self.urls else self.name)
 
     @property
     def total(self) -> int | None:
@@ -37,10 +43,12 @@ def _is_remote(url: str) -> bool:
     return url.startswith(REMOTE_PREFIXES)
 
 
-def _from_manifest(manifest: Manifest, base: str, weight: float, name: str) -> ShardSource:
+def _from_manifest(path: str, base: str, weight: float, name: str) -> ShardSource:
+    """The source a manifest (local or remote, at `path`) describes; its shards lie under `base`."""
+    manifest = _load_remote_manifest(path) if _is_remote(path) else Manifest.load(path)
     join = (lambda p: f"{base.rstrip('/')}/{p}") if _is_remote(base) else (lambda p: str(Path(base) / p))
     urls = [join(s.path) for s in manifest.shards]
-    return ShardSource(urls, [s.samples for s in manifest.shards], weight, manifest, name or manifest.name)
+    return ShardSource(urls, [s.samples for s in manifest.shards], weight, manifest, name or manifest.name, path)
 
 
 def _load_remote_manifest(url: str) -> Manifest:
@@ -61,19 +69,20 @@ def _expand(spec: str) -> list[str]:
     return urls
 
 
-def _sibling_counts(urls: list[str]) -> tuple[list[int] | None, Manifest | None]:
-    """Counts from a manifest.json beside local shards, when it lists every one of them."""
+def _sibling_counts(urls: list[str]) -> tuple[list[int] | None, Manifest | None, str]:
+    """Counts from a manifest.json beside local shards, when it lists every one of them, with
+    the manifest and its path."""
     if not urls or any(_is_remote(u) for u in urls):
-        return None, None
+        return None, None, ""
     folders = {Path(u).resolve().parent for u in urls}
-    if len(folders) != 1 or not (folder := folders.pop()).joinpath(MANIFEST_NAME).exists():
-        return None, None
-    manifest = Manifest.load(folder / MANIFEST_NAME)
+    if len(folders) != 1 or not (path := folders.pop() / MANIFEST_NAME).exists():
+        return None, None, ""
+    manifest = Manifest.load(path)
     counts = {s.path: s.samples for s in manifest.shards}
     names = [Path(u).name for u in urls]
     if not all(n in counts for n in names):
-        return None, None
-    return [counts[n] for n in names], manifest
+        return None, None, ""
+    return [counts[n] for n in names], manifest, str(path)
 
 
 def resolve_one(spec, weight: float = 1.0, name: str = "", split: str | None = None) -> ShardSource:
@@ -87,7 +96,8 @@ def resolve_one(spec, weight: float = 1.0, name: str = "", split: str | None = N
     part = source.manifest.split(split)
     keep = {s.path for s in part.shards}
     pairs = [(u, n) for u, n in zip(source.urls, source.samples) if u.rsplit("/", 1)[-1] in keep]
-    return ShardSource([u for u, _ in pairs], [n for _, n in pairs], weight, part, f"{source.name}:{split}")
+    return ShardSource([u for u, _ in pairs], [n for _, n in pairs], weight, part, f"{source.name}:{split}",
+                       source.manifest_path)  # fmt: skip
 
 
 def _resolve_one(spec, weight: float, name: str) -> ShardSource:
@@ -98,13 +108,12 @@ def _resolve_one(spec, weight: float, name: str) -> ShardSource:
     else:
         spec = os.fspath(spec)
         if spec.endswith(".json"):
-            if _is_remote(spec):
-                return _from_manifest(_load_remote_manifest(spec), spec.rsplit("/", 1)[0], weight, name)
-            return _from_manifest(Manifest.load(spec), str(Path(spec).parent), weight, name)
+            base = spec.rsplit("/", 1)[0] if _is_remote(spec) else str(Path(spec).parent)
+            return _from_manifest(spec, base, weight, name)
         if not _is_remote(spec) and Path(spec).is_dir():
             folder = Path(spec)
             if (folder / MANIFEST_NAME).exists():
-                return _from_manifest(Manifest.load(folder / MANIFEST_NAME), str(folder), weight, name)
+                return _from_manifest(str(folder / MANIFEST_NAME), str(folder), weight, name)
             urls = sorted(str(p) for p in folder.glob("*.tar"))
             if not urls:
                 raise FileNotFoundError(f"{folder}: no manifest.json and no .tar shards")
@@ -115,8 +124,8 @@ def _resolve_one(spec, weight: float, name: str) -> ShardSource:
     missing = [u for u in urls if not _is_remote(u) and not Path(u).exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) of {spec!r} do not exist, first: {missing[0]}")
-    samples, manifest = _sibling_counts(urls)
-    return ShardSource(urls, samples, weight, manifest, name)
+    samples, manifest, manifest_path = _sibling_counts(urls)
+    return ShardSource(urls, samples, weight, manifest, name, manifest_path)
 
 
 def resolve(spec, split: str | None = None) -> list[ShardSource]:

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.batch import ClipBatch
 from shards.decode import ERROR_KINDS, BadSample, DecodedClip, decode_clip, first_sample, iter_groups
-from shards.format import N_LANDMARKS, stable_id
+from shards.format import LABEL_MEMBERS, N_LANDMARKS, stable_id
 from shards.sources import ShardSource, resolve
 
 log = logging.getLogger("shards.stream")
@@ -383,6 +383,8 @@ class ClipStream:
     `source`: a manifest path, a folder, a brace pattern, a URL list, or a mixture
     `[{"source": SPEC, "weight": W}, ...]`; `split` picks one split of a manifest (for example
     the held-out identities of a synthetic set). Rank and world default to torch.distributed's.
+    A source that cannot give one sample (no clips, or clips shorter than `frames` at `stride`)
+    is refused here, with a ValueError naming it, rather than in the workers.
     """
 
     def __init__(
@@ -406,6 +408,7 @@ class ClipStream:
         pin_memory: bool | None = None,
     ):
         self.sources = resolve(source, split)
+        self._firsts: dict[int, tuple] = {}  # source index -> its first readable clip, read once
         if rank is None or world is None:
             rank, world = dist_rank_world()
         manifests = [s.manifest for s in self.sources if s.manifest is not None]
@@ -426,6 +429,7 @@ class ClipStream:
             frames=frames, stride=stride, batch_size=batch_size, mode=mode, seed=seed, slots=slots, scale=scale,
             resize=resize, size=size, rank=rank, world=world, workers=max(1, num_workers), au_names=list(au_names),
         )  # fmt: skip
+        self._check_servable()
         self.num_workers = num_workers
         self.loader_kwargs = dict(
             batch_size=None,
@@ -441,8 +445,52 @@ class ClipStream:
 
     def _probe(self) -> tuple[tuple[int, int], int]:
         """Frame size and AU count of the first readable sample, for sources without a manifest."""
-        meta, n_aus = first_sample([url for source in self.sources for url in source.urls[:8]])
+        meta, n_aus, _ = self._first_sample(0)
         return tuple(meta["size"]), n_aus
+
+    def _first_sample(self, i: int) -> tuple[dict, int, dict]:
+        """Metadata, AU count and members of source i's first readable clip (in its first 8
+        shards): what a source without a manifest, or with an older one, does not say."""
+        if i not in self._firsts:
+            self._firsts[i] = first_sample(self.sources[i].urls[:8])
+        return self._firsts[i]
+
+    def _stored_frames(self, i: int) -> int:
+        """Frames stored per clip in source i: its manifest's count (0: lengths vary), else its
+        first clip's."""
+        manifest = self.sources[i].manifest
+        return manifest.frames_per_clip if manifest else len(self._first_sample(i)[0]["frame_index"])
+
+    def _check_servable(self) -> None:
+        """Refuse, before any worker starts, sources that cannot give one sample: no clips, or
+        clips shorter than the window (frames - 1) * stride + 1 that `pick_frames` takes. Streamed,
+        every sample would be skipped as bad_shape and the run die on bad data, not say why."""
+        frames, stride = self.cfg.frames, self.cfg.stride
+        span = (frames - 1) * stride + 1
+        for i, source in enumerate(self.sources):
+            if not source.urls or source.total == 0:
+                raise ValueError(f"{source.origin}: lists no clips: nothing to stream")
+            stored = self._stored_frames(i)
+            if stored and stored < span:
+                raise ValueError(
+                    f"{source.origin}: clips hold {stored} frames, but frames={frames} at stride={stride} needs "
+                    f"{span} ((frames - 1) * stride + 1): ask for fewer frames or a smaller stride, or build "
+                    f"longer clips"
+                )
+
+    def carries(self, label: str) -> bool:
+        """Whether the streamed clips carry `label` ("landmarks" or "au"), so that a trainer can
+        refuse an objective its data cannot feed before it starts: true when any source does, by
+        its manifest, or by its first clip where no manifest says (none, or an older one)."""
+        if label not in LABEL_MEMBERS:
+            raise ValueError(f"unknown label {label!r}: shards carry {', '.join(LABEL_MEMBERS)}")
+        if label == "au" and not self.au_names:  # no AU names: batches hold no AU labels
+            return False
+        for i, source in enumerate(self.sources):
+            known = source.manifest.carries(label) if source.manifest else None
+            if known or (known is None and f"{label}.npy" in self._first_sample(i)[2]):
+                return True
+        return False
 
     @property
     def au_names(self) -> list[str]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.decode import BadSample, decode_clip, first_sample, iter_groups
+from shards.decode import BadSample, decode_clip, first_sample, iter_groups, metadata_of
+from shards.format import LABEL_MEMBERS
 from shards.manifest import MANIFEST_NAME, Manifest
 
 
@@ -36,9 +37,8 @@ def sha256_of(path: Path) -> str:
 
 
 def check_sample(group: dict, n_aus: int, frame_size: list[int] | None, frames_per_clip: int) -> None:
-    """Decode every stored frame and check shapes; raises BadSample."""
-    from shards.decode import metadata_of
-
+    """Check the metadata against the schema, decode every stored frame and check shapes;
+    raises BadSample."""
     meta = metadata_of(group)
     n_stored = len(meta["frame_index"])
     height, width = meta["size"]
@@ -61,10 +61,13 @@ def verify_shard(path: Path, expected, n_aus: int, frame_size, frames_per_clip: 
         if (digest := sha256_of(path)) != expected.sha256:
             report.problems.append(f"sha256 {digest[:12]}..., manifest says {expected.sha256[:12]}...")
     seen: set[str] = set()
+    labels = dict.fromkeys(LABEL_MEMBERS, 0)
     try:
         for group in iter_groups(str(path)):
             key = group["__key__"]
             report.samples += 1
+            for label in LABEL_MEMBERS:
+                labels[label] += f"{label}.npy" in group
             if key in seen:
                 report.bad_samples.append((key, "bad_json", "duplicate key in shard"))
             seen.add(key)
@@ -76,17 +79,25 @@ def verify_shard(path: Path, expected, n_aus: int, frame_size, frames_per_clip: 
         report.problems.append(f"{e.kind}: {e}")
     if expected is not None and report.samples != expected.samples:
         report.problems.append(f"{report.samples} samples, manifest says {expected.samples}")
+    if expected is not None and expected.labels is not None and labels != expected.labels:
+        report.problems.append(f"clips carrying labels {labels}, manifest says {expected.labels}")
     return report
 
 
-def verify(target: str | Path) -> tuple[list[ShardReport], list[str]]:
-    """Reports per shard, and problems of the set as a whole (stray or unlisted files)."""
+def verify(target: str | Path) -> tuple[list[ShardReport], list[str], list[str]]:
+    """Reports per shard, problems of the set as a whole (no clips at all), and notes (stray or
+    unlisted files)."""
     target = Path(target)
+    if not target.exists():
+        raise FileNotFoundError(f"{target}: no such shard, manifest or folder")
     folder = target.parent if target.is_file() else target
+    problems: list[str] = []
     notes: list[str] = []
     manifest_path = target if target.is_file() else folder / MANIFEST_NAME
-    if manifest_path.suffix == ".json":
+    if manifest_path.suffix == ".json" and manifest_path.exists():
         manifest = Manifest.load(manifest_path)
+        if manifest.total_clips == 0:  # what a build of nothing but bad videos once wrote
+            problems.append(f"{manifest_path}: lists {len(manifest.shards)} shards and no clips: nothing to train on")
         items = [(folder / s.path, s) for s in manifest.shards]
         n_aus, frame_size, fpc = len(manifest.au_names), manifest.frame_size, manifest.frames_per_clip
         listed = {s.path for s in manifest.shards}
@@ -102,7 +113,9 @@ def verify(target: str | Path) -> tuple[list[ShardReport], list[str]]:
     for path, expected in items:
         # Without a manifest the AU count comes from the data: accept whatever the first clip has.
         reports.append(verify_shard(path, expected, n_aus if n_aus is not None else _au_count(path), frame_size, fpc))
-    return reports, notes
+    if not problems and not any(r.samples for r in reports):
+        problems.append(f"{target}: no samples in {len(reports)} shards: nothing to train on")
+    return reports, problems, notes
 
 
 def _au_count(path: Path) -> int:
@@ -114,7 +127,7 @@ def _au_count(path: Path) -> int:
 
 
 def main(target: str) -> int:
-    reports, notes = verify(target)
+    reports, problems, notes = verify(target)
     bad = [r for r in reports if not r.ok]
     samples = sum(r.samples for r in reports)
     bad_samples = sum(len(r.bad_samples) for r in reports)
@@ -123,10 +136,12 @@ def main(target: str) -> int:
             print(f"BAD SHARD {r.path}: {problem}")
         for key, kind, message in r.bad_samples:
             print(f"BAD SAMPLE {r.path} key {key}: {kind}: {message}")
+    for problem in problems:
+        print(f"BAD SET {problem}")
     for note in notes:
         print(f"NOTE {note}")
     print(
         f"verified {len(reports)} shards, {samples} samples: "
         f"{len(reports) - len(bad)} shards OK, {len(bad)} bad, {bad_samples} bad samples"
     )
-    return 1 if bad else 0
+    return 1 if bad or problems else 0

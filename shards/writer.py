@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path
 
 from shards.atomic import atomic_open
-from shards.format import Clip
+from shards.format import LABEL_MEMBERS, Clip
 from shards.manifest import MANIFEST_NAME, Manifest, ShardInfo
 
 
@@ -110,6 +110,9 @@ class ShardWriter:
             tar.addfile(ti, io.BytesIO(data))
         info.samples += 1
         info.bytes = hashing.size
+        suffixes = {member_name.split(".", 1)[1] for member_name, _ in members}
+        for label in LABEL_MEMBERS:  # counted from what was written, so the count cannot drift
+            info.labels[label] += f"{label}.npy" in suffixes
         self._frames += len(clip.frames)
         self._videos.add(clip.video_id)
         if clip.identity is not None:
@@ -133,7 +136,8 @@ class ShardWriter:
         f = ctx.__enter__()
         hashing = _HashingFile(f)
         tar = tarfile.open(fileobj=hashing, mode="w|", format=tarfile.USTAR_FORMAT)
-        self._open = (ctx, hashing, tar, ShardInfo(path=path.name, samples=0, bytes=0, sha256=""))
+        info = ShardInfo(path=path.name, samples=0, bytes=0, sha256="", labels=dict.fromkeys(LABEL_MEMBERS, 0))
+        self._open = (ctx, hashing, tar, info)
 
     def _finish_shard(self) -> None:
         ctx, hashing, tar, info = self._open

@@ -1,4 +1,4 @@
-"""Helpers the stream tests share."""
+"""Helpers the stream and shard tests share."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import io
 import itertools
 import tarfile
 from pathlib import Path
+
+import numpy as np
 
 from shards.decode import iter_groups, metadata_of
 from shards.manifest import Manifest
@@ -47,3 +49,24 @@ def write_members(path: Path, members: list[tuple[str, bytes]]) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def grey(t: int) -> int:
+    return 8 + 8 * t  # frame t's brightness: the frame index, read back from the shards
+
+
+def write_mp4(path: Path, n: int) -> None:
+    """A real MP4 of n frames, 48x40, frame t all grey(t) (PyAV: what `shards build` reads)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 48, 40, "yuv420p"  # not square: the build crops the centre
+        s.options = {"qscale": "2"}
+        for t in range(n):
+            image = np.full((40, 48, 3), grey(t), np.uint8)
+            for packet in s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)

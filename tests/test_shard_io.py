@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,6 +165,54 @@ def test_manifest_matches_files(written):
         "identities": len({c.identity for c, _ in clips if c.identity is not None}),
     }
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_manifest_counts_the_clips_that_carry_labels(written, tmp_path):
+    """Per shard, how many clips carry landmarks and AU labels: what a trainer needs to refuse an
+    objective before it starts. Older manifests lack the counts: the stream reads a sample."""
+    folder, manifest, clips = written
+    for info, part in zip(manifest.shards, (clips[:5], clips[5:10], clips[10:])):
+        assert info.labels == {
+            "landmarks": sum(c.landmarks is not None for c, _ in part),
+            "au": sum(c.au_occ is not None or c.au_int is not None for c, _ in part),
+        }
+    assert manifest.carries("landmarks") is True and manifest.carries("au") is True
+    with pytest.raises(ValueError, match="unknown label 'aus'"):
+        manifest.carries("aus")
+    assert ClipStream(folder, frames=T, rank=0, world=1).carries("landmarks")
+
+    old = tmp_path / "old"  # as written before the counts were recorded
+    shutil.copytree(folder, old)
+    raw = json.loads((old / "manifest.json").read_text())
+    for shard in raw["shards"]:
+        del shard["labels"]
+    (old / "manifest.json").write_text(json.dumps(raw))
+    assert Manifest.load(old).carries("landmarks") is None  # unknown, not False
+    stream = ClipStream(old, frames=T, rank=0, world=1)
+    assert stream.carries("au") is True  # clip 0, the first, has AU labels
+    assert stream.carries("landmarks") is False  # and no landmarks: a probe sees only the first clip
+
+    with ShardWriter(tmp_path / "plain", "p", max_samples=5) as writer:  # no AU names, no labels
+        for i in range(3):
+            clip, _ = labelled_clip(i)
+            clip.landmarks = clip.au_occ = clip.au_int = None
+            writer.write(clip)
+    plain = writer.close()
+    assert plain.shards[0].labels == {"landmarks": 0, "au": 0}
+    assert plain.carries("landmarks") is False and plain.carries("au") is False
+
+
+def test_verify_checks_the_label_counts(written, tmp_path):
+    from shards.verify import verify
+
+    folder = tmp_path / "set"
+    shutil.copytree(written[0], folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw["shards"][0]["labels"]["landmarks"] += 1
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    reports, problems, _ = verify(folder)
+    assert not problems and [r.path for r in reports if not r.ok] == [str(folder / "rt-000000.tar")]
+    assert "clips carrying labels" in reports[0].problems[0] and "manifest says" in reports[0].problems[0]
 
 
 def test_shards_roll_over_by_bytes(tmp_path):

@@ -9,14 +9,14 @@ import sys
 import tarfile
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import simplejpeg
 
-from shards.build import build_shards, find_videos
+from shards.build import NoClips, build_shards, find_videos
 from shards.parts import merge
 from shards.stream import ClipStream
+from stream_helpers import grey, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, STRIDE = 4, 2
@@ -27,24 +27,6 @@ LAYOUT = {
     "id002": {"vidC": {"00001": 15}},
     "id003": {"vidD": {"00001": 9}},
 }
-
-
-def grey(t: int) -> int:
-    return 8 + 8 * t  # frame t's brightness: the frame index, read back from the shards
-
-
-def write_mp4(path: Path, n: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=25)
-        s.width, s.height, s.pix_fmt = 48, 40, "yuv420p"  # not square: the build crops the centre
-        s.options = {"qscale": "2"}
-        for t in range(n):
-            image = np.full((40, 48, 3), grey(t), np.uint8)
-            for packet in s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
 
 
 def expected_clips(n: int, per_video: int) -> int:
@@ -125,6 +107,33 @@ def test_cli_reports_the_skipped_videos_and_the_set_verifies(videos, tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == f"python -m shards build: error: video folder not found: {videos / 'nowhere'}"
     with pytest.raises(ValueError, match="stride must be at least 1, not 0"):
         build_shards(videos, tmp_path / "y", stride=0)
+
+
+def test_a_build_that_writes_no_clip_fails_and_names_every_skipped_video(tmp_path):
+    """Every video bad: no manifest (an empty one would verify and then starve a run), a non-zero
+    exit, and still the list of what was skipped and why."""
+    videos = tmp_path / "vox"
+    write_mp4(videos / "id1" / "v1" / "short.mp4", SPAN - 1)
+    (videos / "id2" / "v2").mkdir(parents=True)
+    (videos / "id2" / "v2" / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "set"
+    proc = subprocess.run([sys.executable, "-m", "shards", "build", str(videos), "--out", str(out), "--frames",
+                           str(FRAMES), "--stride", str(STRIDE)], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0, proc.stdout
+    assert "skipped 2 video(s)" in proc.stdout and "short.mp4: shorter than one clip" in proc.stdout
+    assert "broken.mp4: cannot decode" in proc.stdout
+    assert "no clip written: all 2 video(s) were skipped" in proc.stderr, proc.stderr[-2000:]
+    assert not (out / "manifest.json").exists()
+
+    with pytest.raises(NoClips) as caught:
+        build_shards(videos, out, frames=FRAMES, stride=STRIDE)
+    assert set(caught.value.skipped) == {str(videos / "id1/v1/short.mp4"), str(videos / "id2/v2/broken.mp4")}
+    # Built in parts, each (empty) part is recorded, and merging refuses the empty whole.
+    for k in range(2):
+        build_shards(videos, tmp_path / "parts", frames=FRAMES, stride=STRIDE, part=(k, 2))
+    with pytest.raises(ValueError, match="the 2 parts hold no clips"):
+        merge(tmp_path / "parts")
+    assert not (tmp_path / "parts" / "manifest.json").exists()
 
 
 def test_layouts_without_identity_or_video_folders(tmp_path):

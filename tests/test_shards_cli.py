@@ -122,6 +122,19 @@ def test_verify_names_bad_shards_and_samples(cli_set, tmp_path, cache):
     assert re.search(r"verified 3 shards, \d+ samples: 1 shards OK, 2 bad, 1 bad samples", out), out
 
 
+def test_verify_refuses_a_set_without_clips(tmp_path, cache):
+    from shards.writer import ShardWriter
+
+    with ShardWriter(tmp_path / "empty", "e"):  # closes with a manifest of no shards
+        pass
+    proc = shards_cli("verify", tmp_path / "empty", cache=cache)
+    assert proc.returncode == 1, proc.output
+    assert f"BAD SET {tmp_path / 'empty' / 'manifest.json'}: lists 0 shards and no clips" in proc.stdout, proc.output
+    (tmp_path / "bare").mkdir()  # no manifest and no shards either
+    proc = shards_cli("verify", tmp_path / "bare", cache=cache)
+    assert proc.returncode == 1 and "BAD SET" in proc.stdout and "no samples in 0 shards" in proc.stdout, proc.output
+
+
 def test_inspect_reports_and_draws_a_contact_sheet(cli_set, tmp_path, cache):
     sheet = tmp_path / "sheet.png"
     proc = shards_cli("inspect", cli_set, "--out", sheet, cache=cache)
