@@ -11,6 +11,13 @@ from pathlib import Path
 import timm
 import torch
 
+# The model_args a published config may hand to timm.create_model: what pretrain.publish writes
+# (img_size), what timm's own exports write (in_chans, global_pool, num_classes) and the
+# regularisation rates. A config is untrusted input: another key, such as `checkpoint_path`
+# (which makes timm load that file), is refused.
+MODEL_ARGS = frozenset({"img_size", "in_chans", "global_pool", "num_classes", "drop_rate", "drop_path_rate"})
+LOCAL_DIR = "local-dir:"  # timm's spelling of a folder
+
 
 @dataclass
 class Backbone:
@@ -32,18 +39,31 @@ def _folder_config(folder: Path) -> dict:
         config["architecture"], config["pretrained_cfg"]["input_size"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{config_path}: not a backbone config ({e})") from None
+    _check_model_args(config.get("model_args", {}), config_path)
     return config
+
+
+def _check_model_args(model_args, config_path: Path) -> None:
+    """Refuse any model_args key outside MODEL_ARGS, naming it and the file."""
+    if not isinstance(model_args, dict):
+        raise ValueError(f"{config_path}: model_args must be a mapping, not {type(model_args).__name__}")
+    for key in model_args:
+        if key not in MODEL_ARGS:
+            raise ValueError(f"{config_path}: model_args key {key!r} refused: a published backbone may set only "
+                             f"{', '.join(sorted(MODEL_ARGS))}")  # fmt: skip
 
 
 def published_folder(spec: str, index: str | None = None) -> Path | None:
     """The local folder of the published backbone `spec` names (fetched and verified by
-    finetune.hub when it is a URL, `hf:` repository or index name), or None for a timm name (a
-    timm architecture wins over an index entry of the same name)."""
+    finetune.hub when it is a URL, `hf-hub:` repository or index name), or None for a timm name
+    (a timm architecture wins over an index entry of the same name)."""
     from finetune import hub
 
-    path = Path(spec).expanduser()
+    path = Path(spec.removeprefix(LOCAL_DIR)).expanduser()
     if path.is_dir():
         return path
+    if spec.startswith(LOCAL_DIR):
+        raise ValueError(f"backbone {spec!r}: no such folder")
     if hub.is_remote(spec):
         return hub.fetch(spec, index=index)
     if timm.is_model(spec):
@@ -57,8 +77,8 @@ def published_folder(spec: str, index: str | None = None) -> Path | None:
 
 
 def load_backbone(spec: str, *, input_size: int | None = None, index: str | None = None) -> Backbone:
-    """`spec`: a published backbone (a folder, a URL, `hf://owner/repo`, or a name in `index`,
-    else in $AUFORGE_HUB_INDEX: see finetune.hub) or a timm architecture name.
+    """`spec`: a published backbone (a folder or `local-dir:FOLDER`, a URL, `hf-hub:owner/repo`,
+    or a name in `index`, else in $AUFORGE_HUB_INDEX: see finetune.hub) or a timm architecture name.
 
     Weights load through timm itself (`pretrained_cfg_overlay=dict(file=...)`, strict keys), as
     any user without auforge would load them; only safetensors and JSON are read.
@@ -68,7 +88,7 @@ def load_backbone(spec: str, *, input_size: int | None = None, index: str | None
         config = _folder_config(path)
         pcfg = config["pretrained_cfg"]
         model = timm.create_model(
-            config["architecture"], pretrained=True, num_classes=0, **config.get("model_args", {}),
+            config["architecture"], pretrained=True, **{**config.get("model_args", {}), "num_classes": 0},
             pretrained_cfg_overlay=dict(file=str(path / "model.safetensors"), num_classes=0),
         )  # fmt: skip
         size = int(pcfg["input_size"][-1])

@@ -6,14 +6,16 @@
 * an `http(s)://` or `file://` folder URL of a published backbone (its index is looked for
   beside the folder, in `../index.json`, unless `--index` names it);
 * a local folder (used where it is);
-* `hf://owner/repo[@revision]` or `hf:owner/repo`: a Hugging Face Hub repository, through
-  huggingface_hub (which honours `HF_HUB_OFFLINE`).
+* `hf-hub:owner/repo[@revision]` (timm's and open_clip's spelling), `hf://owner/repo` or
+  `hf:owner/repo`: a Hugging Face Hub repository, through huggingface_hub (which honours
+  `HF_HUB_OFFLINE`).
 
 Downloads land in the cache (`$AUFORGE_HUB_CACHE`, else `~/.cache/auforge/hub`): each file
 goes to a `.part` file that a later attempt resumes with an HTTP Range request, is checked
 against the sha256 the index lists (a mismatch deletes it and fails), and the folder is renamed
 into place only once every file is verified. Only `.safetensors` and `.json` files are ever
-loaded; the index may list nothing else but the `README.md` model card.
+loaded; the index may list nothing else but the `README.md` model card. An index is untrusted:
+its names must be plain folder and file names, and every write is checked to land in the cache.
 
     python -m finetune.hub download NAME_OR_URL [--index URL_OR_PATH] [--cache DIR]
     python -m finetune.hub list [--index URL_OR_PATH]
@@ -79,16 +81,67 @@ def cache_root(cache: str | Path | None = None) -> Path:
     return Path(cache or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "auforge" / "hub").expanduser()
 
 
+# How a Hugging Face Hub repository is named: timm's and open_clip's spelling, and auforge's two.
+# "hf://" before "hf:", which it starts with.
+HF_PREFIXES = ("hf-hub:", "hf://", "hf:")
+
+
+def hf_repo(spec: str) -> str | None:
+    """`owner/repo[@revision]` when `spec` names a Hugging Face Hub repository, else None."""
+    for prefix in HF_PREFIXES:
+        if spec.startswith(prefix):
+            return spec[len(prefix):]
+    return None
+
+
 def is_remote(spec: str) -> bool:
-    return "://" in spec or spec.startswith("hf:")
+    return "://" in spec or hf_repo(spec) is not None
+
+
+# ---------------------------------------------------------------- untrusted names and paths
+
+
+def unsafe_part(name) -> str | None:
+    """Why `name` is not one plain path part, which is all a name from an index may be (its
+    folder and files are made in the cache under it); None when it is one."""
+    if not isinstance(name, str) or not name:
+        return "it is empty or not a string"
+    if "\0" in name:
+        return "it holds a NUL character"
+    if name.startswith(("/", "\\")):
+        return "it is an absolute path"
+    if ".." in re.split(r"[/\\]", name):
+        return "it climbs out of its folder with '..'"
+    if "/" in name or "\\" in name:
+        return "it holds a path separator"
+    if name == ".":
+        return "it is '.'"
+    return None
+
+
+def plain(name, what: str):
+    """`name`, refused unless it is one plain path part; `what` says whose name it is."""
+    why = unsafe_part(name)
+    if why:
+        raise HubError(f"{what} {name!r} refused: {why}; only a plain file or folder name is taken")
+    return name
+
+
+def inside(path: Path, root: Path) -> Path:
+    """`path`, refused unless it lands in `root` with every symlink followed: a link planted in
+    the cache must not carry a write elsewhere."""
+    real, base = path.resolve(), root.resolve()
+    if real != base and base not in real.parents:
+        raise HubError(f"{path}: leads to {real}, outside the cache folder {base}; nothing is written there")
+    return path
 
 
 # ---------------------------------------------------------------- indexes
 
 
 def _file_entry(raw: dict, where: str) -> FileEntry:
-    name = raw.get("name", "")
-    if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(FETCHABLE):
+    name = plain(raw.get("name", ""), f"{where}: file")
+    if name.startswith(".") or not name.endswith(FETCHABLE):
         raise HubError(f"{where}: file {name!r} refused: only plain {', '.join(FETCHABLE)} file names are fetched")
     if not re.fullmatch(r"[0-9a-f]{64}", str(raw.get("sha256", ""))) or not isinstance(raw.get("bytes"), int):
         raise HubError(f"{where}: file {name!r} needs a sha256 (64 hex digits) and a byte count")
@@ -103,7 +156,7 @@ def parse_index(raw: dict, where: str) -> list[Entry]:
     entries = []
     for item in raw.get("backbones", []):
         try:
-            name = item["name"]
+            name = plain(item["name"], f"{where}: entry")
             files = tuple(_file_entry(f, f"{where}: {name}") for f in item["files"])
             entries.append(Entry(name, item.get("url", f"{name}/"), files, item.get("architecture", ""),
                                  item.get("created", "")))  # fmt: skip
@@ -212,7 +265,7 @@ def _verify(path: Path, expected: FileEntry, url: str) -> None:
 
 def download_file(url: str, folder: Path, expected: FileEntry, progress: bool = True) -> Path:
     """`folder/NAME`, fetched through `folder/NAME.part` (resumed), verified, renamed into place."""
-    dest, part = folder / expected.name, folder / f"{expected.name}.part"
+    dest, part = inside(folder / expected.name, folder), inside(folder / f"{expected.name}.part", folder)
     if dest.exists():  # verified by an earlier, interrupted download of the folder
         return dest
     for attempt in range(1, ATTEMPTS + 1):
@@ -244,11 +297,13 @@ def _complete(folder: Path, entry: Entry) -> bool:
 
 def download(entry: Entry, folder_url: str, cache: str | Path | None = None, progress: bool = True) -> Path:
     """The entry's files, verified, in `CACHE/backbones/NAME-DIGEST/` (renamed into place whole)."""
-    root = cache_root(cache) / "backbones"
+    plain(entry.name, f"{folder_url}: backbone")  # an Entry made by hand, not parsed from an index
+    top = cache_root(cache)
+    root = inside(top / "backbones", top)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{entry.name}-{entry.digest}"
-    staging = root / f".{final.name}.download"
-    with _locked(root / f".{final.name}.lock"):
+    final = inside(root / f"{entry.name}-{entry.digest}", root)
+    staging = inside(root / f".{final.name}.download", root)
+    with _locked(inside(root / f".{final.name}.lock", root)):
         if _complete(final, entry):
             return final
         shutil.rmtree(final, ignore_errors=True)  # damaged in the cache: fetch it again
@@ -281,11 +336,13 @@ def _entry_at(entries: list[Entry], index_url: str, folder_url: str) -> Entry:
 def fetch_hf(spec: str, cache: str | Path | None = None) -> Path:
     """A Hub repository's safetensors, JSON and card via huggingface_hub, into CACHE/hf."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)  # fmt: skip
 
-    repo = spec.removeprefix("hf://").removeprefix("hf:")
-    repo, _, revision = repo.partition("@")
-    hf_cache = cache_root(cache) / "hf"
+    repo, _, revision = (hf_repo(spec) or "").partition("@")
+    if not repo:
+        raise HubError(f"{spec}: names no Hugging Face Hub repository (write hf-hub:owner/repo[@revision])")
+    hf_cache = inside(cache_root(cache) / "hf", cache_root(cache))
     try:
         folder = Path(snapshot_download(repo, revision=revision or None, cache_dir=hf_cache,
                                         allow_patterns=[f"*{s}" for s in FETCHABLE]))  # fmt: skip
@@ -294,7 +351,7 @@ def fetch_hf(spec: str, cache: str | Path | None = None) -> Path:
             raise HubError(f"{spec}: not in the cache {hf_cache}, and HF_HUB_OFFLINE is set, so the Hub is not "
                            "asked; fetch it once online, or unset HF_HUB_OFFLINE") from None  # fmt: skip
         raise HubError(f"{spec}: the Hugging Face Hub cannot be reached and the repository is not cached ({e})") from None
-    except (RepositoryNotFoundError, HfHubHTTPError) as e:
+    except (RepositoryNotFoundError, HfHubHTTPError, HFValidationError) as e:
         raise HubError(f"{spec}: the Hugging Face Hub refused it ({e})") from None
     _verify_hf_blobs(folder, spec)
     return _checked_folder(folder, spec)
@@ -315,7 +372,7 @@ def _verify_hf_blobs(folder: Path, spec: str) -> None:
 
 def fetch(spec: str, index: str | None = None, cache: str | Path | None = None, progress: bool = True) -> Path:
     """A local folder with the verified backbone `spec` names (see the module's docstring)."""
-    if spec.startswith("hf:"):
+    if hf_repo(spec) is not None:
         return fetch_hf(spec, cache)
     if "://" in spec:
         folder_url = spec.rstrip("/") + "/"
@@ -355,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.hub", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     get = commands.add_parser("download", help="fetch and verify a backbone; prints its local folder")
-    get.add_argument("spec", help="a name in the index, an http(s):// or file:// folder, a folder, hf://owner/repo")
+    get.add_argument("spec", help="a name in the index, an http(s):// or file:// folder, a folder, hf-hub:owner/repo")
     get.add_argument("--index", help=f"index path or URL (default ${INDEX_ENV}, or ../index.json beside a URL)")
     get.add_argument("--cache", help=f"cache folder (default ${CACHE_ENV}, else ~/.cache/auforge/hub)")
     show = commands.add_parser("list", help="what an index offers")

@@ -1,8 +1,10 @@
 """Publishing a frame backbone: `model.safetensors` with exactly timm's keys, `config.json`, a
 model card (`README.md`), and an entry in the folder's `index.json`.
 
-The folder loads in plain timm with no auforge installed:
+The folder loads in plain timm with no auforge installed, `config.json` being laid out as timm's
+own `save_config_for_hf` writes it (a copy on the Hugging Face Hub loads as `hf-hub:owner/repo`):
 
+    timm.create_model("local-dir:NAME", pretrained=True)
     timm.create_model(arch, pretrained=True, num_classes=0, **model_args,
                       pretrained_cfg_overlay=dict(file="NAME/model.safetensors"))
 
@@ -22,14 +24,16 @@ import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
+from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from finetune.hub import CARD_NAME, CONFIG_NAME, INDEX_NAME, INDEX_SCHEMA, MODEL_NAME, HubError, parse_index
 from shards.atomic import write_text_atomic
+from shards.manifest import MANIFEST_NAME
 from shards.verify import sha256_of
 
 PREFIX = "encoder.backbone."  # where the frame backbone sits in the trained PretrainModel
@@ -74,16 +78,77 @@ def write_backbone(out_dir: str | Path, name: str, state: dict[str, torch.Tensor
     return final
 
 
+def _timm_backbone(encoder) -> torch.nn.Module:
+    """The encoder's timm backbone, or (for an encoder that names only its architecture) a fresh
+    one: what timm says of the architecture (first conv, classifier, pooling) is read off it."""
+    backbone = getattr(encoder, "backbone", None)
+    if backbone is None:
+        import timm
+
+        backbone = timm.create_model(encoder.arch, pretrained=False, num_classes=0, **encoder.model_args)
+    return backbone
+
+
+def _global_pool(model: torch.nn.Module) -> str | None:
+    """The pooling the backbone ends with, as timm names it ('avg', 'token', ...): some timm
+    architectures keep it on their head, others on the model, as a string or a pooling module."""
+    for owner in (getattr(model, "head", None), model):
+        pool = getattr(owner, "global_pool", None)
+        pool = getattr(pool, "pool_type", pool)
+        if isinstance(pool, str) and pool:
+            return pool
+    return None
+
+
+def _pretrained_cfg(model: torch.nn.Module, image_size: int, mean, std) -> dict:
+    """timm's `pretrained_cfg` for these weights: the preprocessing they were trained with, and
+    from the architecture's own cfg only what describes the network; what describes timm's
+    ImageNet weights (tag, license, URLs, test sizes) is not about ours and stays out."""
+    arch_cfg = model.pretrained_cfg
+    same_size = list(arch_cfg.get("input_size", ()))[1:] == [image_size, image_size]
+    return {
+        "input_size": [3, image_size, image_size],
+        "fixed_input_size": bool(arch_cfg.get("fixed_input_size", False)),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "mean": list(mean),
+        "std": list(std),
+        "num_classes": 0,
+        # the final feature map's size is known for the architecture's own input size only
+        "pool_size": list(arch_cfg["pool_size"]) if same_size and arch_cfg.get("pool_size") else None,
+        "first_conv": arch_cfg.get("first_conv"),
+        "classifier": arch_cfg.get("classifier"),
+        "custom_load": False,  # the file holds timm's own state dict, nothing to convert
+    }
+
+
 def backbone_config(encoder, image_size: int, mean, std, auforge: dict) -> dict:
-    """`encoder`: anything with `arch`, `num_features` and `model_args` (a ClipEncoder)."""
+    """`config.json` as timm's `save_config_for_hf` lays it out, so that `timm.create_model(
+    "local-dir:FOLDER", pretrained=True)` (or `hf-hub:owner/repo`) builds the classifier-free
+    backbone with no other argument; plus the `auforge` provenance block. `encoder`: anything with
+    `arch`, `num_features` and `model_args`, and optionally its timm `backbone` (a ClipEncoder)."""
+    model = _timm_backbone(encoder)
+    pool = _global_pool(model)
     return {
         "architecture": encoder.arch,
+        "num_classes": 0,  # timm builds the model without a classifier, as the weights are
         "num_features": encoder.num_features,
+        **({"global_pool": pool} if pool else {}),
         "model_args": encoder.model_args,
-        "pretrained_cfg": {"input_size": [3, image_size, image_size], "mean": list(mean), "std": list(std),
-                           "interpolation": "bilinear", "crop_pct": 1.0},  # fmt: skip
+        "pretrained_cfg": _pretrained_cfg(model, image_size, mean, std),
         "auforge": auforge,
     }
+
+
+def data_name(source: str | None, manifest) -> str | None:
+    """What the data is called, without where it lies on the publishing machine (nor a URL's host
+    or query): the manifest's name, else the source's folder or file name."""
+    name = manifest.name if manifest is not None else source
+    if not name:
+        return None
+    path = PurePosixPath(urlparse(name).path.replace("\\", "/"))
+    return (path.parent.name if path.name == MANIFEST_NAME else path.name) or None
 
 
 def auforge_block(cfg, source: str | None, manifest, steps: int, samples: int, results: dict,
@@ -97,7 +162,8 @@ def auforge_block(cfg, source: str | None, manifest, steps: int, samples: int, r
     return {
         "objectives": OmegaConf.to_container(cfg.objectives, resolve=True),
         **({"identity_source": identity_source} if identity_source else {}),
-        "data": {"source": source, "split": cfg.data.train_split,
+        # a name and the manifest's digest say what the data was, not where it lay on this machine
+        "data": {"kind": cfg.data.kind, "name": data_name(source, manifest), "split": cfg.data.train_split,
                  "manifest_digest": manifest.digest() if manifest else None},  # fmt: skip
         "steps": steps,
         "samples_seen": samples,
@@ -149,7 +215,7 @@ def model_card(name: str, config: dict) -> str:
         f"exactly the weights of `timm.create_model(\"{arch}\", num_classes=0)`: no classifier and none of the",
         f"pretraining heads. It maps an RGB face crop of {size}x{size} pixels to {config['num_features']} features.", "",
         "## Data", "",
-        f"- source: `{data.get('source')}`, split `{data.get('split')}`",
+        f"- data: `{data.get('name')}` ({data.get('kind')}), split `{data.get('split')}`",
         f"- manifest sha256: `{data.get('manifest_digest')}` (names the exact shards it saw)",
         f"- {a.get('steps')} optimizer steps, {a.get('samples_seen')} clips seen", "",
         "## Objectives", "", "| objective | weight | settings |", "| --- | ---: | --- |",
@@ -166,11 +232,13 @@ def model_card(name: str, config: dict) -> str:
         "  lighting that data lacks. Not for identifying people, nor for decisions about a person",
         "  (emotion, health, hiring) without a validation of its own.", "",
         "## Load it", "", "With timm alone (no auforge needed):", "", "```python", "import timm", "",
+        f'model = timm.create_model("local-dir:{name}", pretrained=True)  # on the Hub: "hf-hub:owner/repo"',
+        "# the same, naming the architecture and the weights file:",
         f"model = {_timm_call(config, f'{name}/{MODEL_NAME}')}",
         f"# inputs: RGB, {size}x{size}, mean {p['mean']}, std {p['std']}", "```", "",
-        "With auforge (a folder, a URL, a name in an index, or `hf://owner/repo`; downloads are sha256-verified):",
+        "With auforge (a folder, a URL, a name in an index, or `hf-hub:owner/repo`; downloads are sha256-verified):",
         "", "```python", "from finetune.backbone import load_backbone", "",
-        f'backbone = load_backbone("{name}")  # this folder; or its URL, hf://owner/repo, a name in an index',
+        f'backbone = load_backbone("{name}")  # this folder; or its URL, hf-hub:owner/repo, a name in an index',
         "print(backbone.model, backbone.input_size, backbone.mean, backbone.std)", "```", "", "```",
         f"accelerate launch finetune.py backbone={name} task=detection mode=linear", "```", "",
         f"Code: {a.get('code_version')}.", "",
@@ -331,7 +399,7 @@ def publish_checkpoint(path: str | Path, name: str, out_dir: str | Path, overwri
     image_size = cfg.data.resize or (manifest.frame_size[0] if manifest else 112)
     arch, model_args = cfg.model.arch, backbone_args(cfg.model.arch, image_size)
     state, model = timm_backbone_state(checkpoint_state(root, tag), arch, model_args, str(root / tag))
-    encoder = SimpleNamespace(arch=arch, num_features=model.num_features, model_args=model_args)
+    encoder = SimpleNamespace(arch=arch, num_features=model.num_features, model_args=model_args, backbone=model)
     pcfg = model.pretrained_cfg
     results = _probe_results(root.parent, rank0["step"])
     bank = root / tag / "bank.safetensors"

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARCH = "mobilenetv3_small_050"  # small (2.3 MB of weights) but with BatchNorm buffers, as ResNets have
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.25, 0.3)
 AUFORGE = {"objectives": {"temporal_margin": {"weight": 1.0, "margin": 0.5}}, "steps": 7, "samples_seen": 28,
-           "data": {"source": "synthetic", "split": "train", "manifest_digest": "ab" * 32},
+           "data": {"kind": "synthetic", "name": "synthetic-faces", "split": "train", "manifest_digest": "ab" * 32},
            "evaluation": {"probe/linear_f1": 0.5, "random_init/linear_f1": 0.25}, "code_version": "test"}  # fmt: skip
 
 
@@ -46,7 +46,11 @@ def trained_like(seed: int) -> torch.nn.Module:
     """A timm backbone whose weights and BatchNorm statistics are all away from timm's init, so
     that a buffer lost on the way changes the features."""
     torch.manual_seed(seed)
-    model = timm.create_model(ARCH, num_classes=0)
+    return moved_off_init(timm.create_model(ARCH, num_classes=0))
+
+
+def moved_off_init(model: torch.nn.Module) -> torch.nn.Module:
+    """`model`, every weight and BatchNorm statistic moved off its init (in place)."""
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if tensor.is_floating_point():
@@ -56,9 +60,10 @@ def trained_like(seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def publish(out: Path, name: str, model: torch.nn.Module, overwrite: bool = False) -> Path:
+def publish(out: Path, name: str, model: torch.nn.Module, overwrite: bool = False, auforge: dict = AUFORGE) -> Path:
     encoder = SimpleNamespace(arch=ARCH, num_features=model.num_features, model_args={})
-    return publish_backbone(out, name, backbone_state(model), backbone_config(encoder, 32, MEAN, STD, AUFORGE), overwrite)
+    config = backbone_config(encoder, 32, MEAN, STD, auforge)
+    return publish_backbone(out, name, backbone_state(model), config, overwrite)
 
 
 def features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +198,7 @@ def test_zero2_checkpoint_of_two_ranks_exports_the_live_weights(zero2_run, tmp_p
     live_config = json.loads((live / "config.json").read_text())
     assert config["auforge"]["steps"] == 2 and config["auforge"]["samples_seen"] == 2 * 2 * 4
     assert config["auforge"]["checkpoint"] == "step_000002"
-    for key in ("architecture", "num_features", "model_args", "pretrained_cfg"):
+    for key in ("architecture", "num_classes", "num_features", "global_pool", "model_args", "pretrained_cfg"):
         assert config[key] == live_config[key], key
     assert config["auforge"]["data"] == live_config["auforge"]["data"]
     assert config["auforge"]["objectives"] == live_config["auforge"]["objectives"]
