@@ -29,6 +29,19 @@ def register(name: str):
     return wrap
 
 
+def check_inputs(names, carried: set[str], where: str) -> None:
+    """Refuse, before training starts, an objective that reads what the data does not carry (an
+    objective's `needs`: batch fields such as "landmarks"), naming what runs on such data instead."""
+    from pretrain.config import ConfigError
+
+    for name in names:
+        missing = sorted(set(getattr(OBJECTIVES.get(name), "needs", ())) - carried)
+        if missing:
+            runnable = sorted(n for n, cls in OBJECTIVES.items() if set(getattr(cls, "needs", ())) <= carried)
+            raise ConfigError(f"objective {name} needs {' and '.join(missing)}, which {where} does not give; "
+                              f"objectives that run on it: {', '.join(runnable)} (e.g. objective=temporal)")  # fmt: skip
+
+
 def build_objectives(spec: dict, embed_dim: int, feature_dim: int = 0) -> tuple[nn.ModuleDict, dict[str, float]]:
     """Objectives and their weights from the config: {name: {weight: w, ...arguments}}. Each
     gets the sizes it asks for by name: `embed_dim` (AU embedding), `feature_dim` (backbone)."""
@@ -195,6 +208,8 @@ class LandmarkGeometry(nn.Module):
     linearly, as a linear probe or a light head downstream will read it. Needs frames aligned by
     their landmarks (`train.align`).
     """
+
+    needs = ("landmarks",)  # aligned ones: shards with landmarks and train.align=true
 
     def __init__(self, feature_dim: int, components: int = 24, momentum: float = 0.01):
         super().__init__()

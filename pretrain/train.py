@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 from pretrain import distributed
 from pretrain.augment import make_views, step_generator
 from pretrain.checkpoint import Checkpointer, lock_run_dir
-from pretrain.config import check_values, resume_view
+from pretrain.config import ConfigError, check_values, resume_view
 from pretrain.model import ClipEncoder
 from finetune.frames import align_clips
-from pretrain.objectives import PretrainModel, build_objectives
+from pretrain.objectives import PretrainModel, build_objectives, check_inputs
 from shards.manifest import Manifest
 from shards.stream import STOP_SIGNALS, ClipStream, resize_frames
 
@@ -147,6 +147,16 @@ class Run:
             batch_size=cfg.train.batch_size, mode="resampled", seed=cfg.train.seed, num_workers=cfg.data.num_workers,
             slots=cfg.data.slots, resize=None if self.align else cfg.data.resize, rank=self.rank, world=self.world,
         )  # fmt: skip
+        # what the objectives can read: landmarks reach them only through alignment
+        carried = {"landmarks"} if self.align and self.stream.carries("landmarks") else set()
+        check_inputs(cfg.objectives, carried, f"{self.source} (train.align={self.align})")
+        self.probes = cfg.eval.enabled and self.stream.carries("au")
+        if cfg.eval.enabled and not self.probes:
+            log.warning("%s carries no AU labels: the AU probes are skipped", self.source)
+        split = cfg.data.eval_split
+        if self.probes and self.manifest and split and split not in self.manifest.splits:
+            raise ConfigError(f"data.eval_split={split}: {self.source} has the splits {sorted(self.manifest.splits)}; "
+                              "build with --heldout above 0 for probes on unseen people, or set data.eval_split=null")  # fmt: skip
         encoder = build_encoder(cfg, size)
         self.mean, self.std = encoder.backbone.pretrained_cfg["mean"], encoder.backbone.pretrained_cfg["std"]
         objectives, weights = build_objectives(OmegaConf.to_container(cfg.objectives, resolve=True), cfg.model.embed_dim,
@@ -237,7 +247,7 @@ class Run:
         from pretrain.evaluate import probe_encoder
 
         results = {}
-        if self.rank == 0 and self.cfg.eval.enabled:
+        if self.rank == 0 and self.probes:
             results = probe_encoder(self.model.encoder, self.cfg, self.source, self.mean, self.std, self.device)
         distributed.barrier()
         return results

@@ -284,3 +284,43 @@ def test_deepspeed_launcher_runs_the_same_entry(tmp_path, cache):
     run(with_torchrun, cache, steps=2, ranks=2)
     run(with_deepspeed, cache, steps=2, ranks=2, launcher="deepspeed")
     assert_same_losses(losses(with_torchrun), losses(with_deepspeed), range(1, 3))
+
+
+@pytest.fixture(scope="module")
+def built_videos(tmp_path_factory) -> Path:
+    """`python -m shards build` with its defaults over real MP4s of three people: shards with
+    neither landmarks nor AU labels, as in-the-wild video gives them."""
+    from stream_helpers import write_mp4
+
+    root = tmp_path_factory.mktemp("videos")
+    for identity, video in (("id1", "a"), ("id1", "b"), ("id2", "c"), ("id3", "d")):
+        write_mp4(root / "videos" / identity / video / "00001.mp4", 30)
+    out = root / "B"
+    proc = subprocess.run([sys.executable, "-m", "shards", "build", str(root / "videos"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, env=env(root))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_built_shards_refuse_the_landmark_objective_at_configuration(tmp_path, cache, built_videos):
+    proc = subprocess.run([sys.executable, "-m", "pretrain", "data=shards", f"data.source={built_videos}",
+                           f"train.run_dir={tmp_path / 'run'}"], env=env(cache), cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "objective landmark_geometry needs landmarks" in proc.stderr and "temporal_margin" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_built_shards_pretrain_with_the_shards_defaults(tmp_path, cache, built_videos):
+    """`data=shards` as configured serves what `shards build` writes: the pixel-only objectives
+    train on it with no bad sample, the AU probes are skipped (no labels) and the backbone is published."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "pretrain", "data=shards", f"data.source={built_videos}",
+                           "objective=temporal", "data.resize=32", "data.num_workers=1", "train.batch_size=2",
+                           "train.steps=3", f"train.run_dir={run_dir}"], env=env(cache), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "carries no AU labels: the AU probes are skipped" in log
+    assert "stream skipped bad data" not in log and sorted(losses(run_dir)) == [1, 2, 3]
+    assert (run_dir / "published" / "auforge-pretrain" / "model.safetensors").exists()
