@@ -32,6 +32,7 @@ class DataConfig:
     source: Optional[str] = None  # shards: manifest, folder, pattern or URLs; csv: the CSV file
     root: Optional[str] = None  # bp4d, disfa: the dataset's root as its owners distribute it
     intensity_root: Optional[str] = None  # bp4d: the FERA 2015 intensity codes
+    image_root: Optional[str] = None  # bp4d: the folder of {subject}/{task}/ frames (null: searched under root)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     train_split: Optional[str] = "train"  # manifest split to pretrain on (null: all shards)
     eval_split: Optional[str] = "heldout"  # identities unseen in pretraining, for the probes

@@ -3,8 +3,7 @@
 * `load_bp4d`, `load_disfa`, `load_csv` read the released layouts (REFERENCE.md) into a
   `FrameTable`; bad input raises `ValueError` / `FileNotFoundError` naming the file before any
   training starts.
-* `fold_split` gives the subject-exclusive 3-fold protocol (`FOLDS`), `label_mask` the
-  few-label protocol (a seeded random share of frames keeps its labels).
+* The evaluation protocol (subject-exclusive folds, the few-label draw) is `finetune.protocol`.
 * `read_frame` returns a record's face crop as `uint8 [size, size, 3]`; `VideoFrames` reads
   DISFA's video frames by index (decoded on demand; see `finetune.datasets.video`).
 
@@ -16,12 +15,10 @@ from finetune.datasets.bp4d import load_bp4d
 from finetune.datasets.csvtable import load_csv
 from finetune.datasets.disfa import PRESENT_AT, load_disfa
 from finetune.datasets.frames import crop_box, load_pixels, read_frame
-from finetune.datasets.splits import fold_split, label_mask
-from finetune.datasets.table import (BP4D_AUS, BP4D_INTENSITY_AUS, DISFA_AUS, DISFA_INTENSITY_AUS, FOLDS,
-                                     FrameRecord, FrameTable, au_name, au_number)  # fmt: skip
+from finetune.datasets.table import (BP4D_AUS, BP4D_INTENSITY_AUS, DISFA_AUS, DISFA_INTENSITY_AUS, FrameRecord,
+                                     FrameTable, au_name, au_number)  # fmt: skip
 from finetune.datasets.video import VideoFrames, video_frame_count
 
-__all__ = ["BP4D_AUS", "BP4D_INTENSITY_AUS", "DISFA_AUS", "DISFA_INTENSITY_AUS", "FOLDS", "PRESENT_AT",
-           "FrameRecord", "FrameTable", "au_name", "au_number", "load_bp4d", "load_disfa", "load_csv",
-           "fold_split", "label_mask", "read_frame", "load_pixels", "crop_box", "VideoFrames",
-           "video_frame_count"]  # fmt: skip
+__all__ = ["BP4D_AUS", "BP4D_INTENSITY_AUS", "DISFA_AUS", "DISFA_INTENSITY_AUS", "PRESENT_AT", "FrameRecord",
+           "FrameTable", "au_name", "au_number", "load_bp4d", "load_disfa", "load_csv", "read_frame", "load_pixels",
+           "crop_box", "VideoFrames", "video_frame_count"]  # fmt: skip

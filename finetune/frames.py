@@ -1,8 +1,7 @@
 """Labelled frames for fine-tuning, whatever the dataset: one interface over clip shards (read
 once into memory: labelled sets are small) and over BP4D, DISFA and CSV tables (read lazily).
 
-Subject-exclusive folds: BP4D and DISFA use the published 3-fold splits; shards and CSV sets
-deal their sorted subjects round-robin into three folds.
+The folds and the few-label draw over these frames: finetune.protocol.
 """
 
 from __future__ import annotations
@@ -149,30 +148,6 @@ def table_frames(table, size: int) -> Frames:
         np.array([r.sequence for r in records]), np.array([r.frame for r in records]),
         read=lambda i: read_frame(records[i], size=size),
     )  # fmt: skip
-
-
-def round_robin_folds(subjects) -> dict[int, list[str]]:
-    ordered = sorted(set(subjects))
-    return {k: ordered[k - 1 :: 3] for k in (1, 2, 3)}
-
-
-def fold_indices(frames: Frames, folds: dict[int, list[str]], fold: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) frame indices: the fold's subjects are tested on, the others trained on."""
-    known = {s for members in folds.values() for s in members}
-    stray = sorted(set(frames.subjects) - known)
-    if stray:
-        raise ValueError(f"{frames.name}: subjects in no fold: {', '.join(stray)}")
-    test = np.isin(frames.subjects, folds[fold])
-    return np.flatnonzero(~test), np.flatnonzero(test)
-
-
-def labelled_subset(train: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labelled, unlabelled) training frames: a seeded random `fraction` keep their labels."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
-    n = max(1, round(len(train) * fraction))
-    order = np.random.default_rng(seed).permutation(len(train))
-    return np.sort(train[order[:n]]), np.sort(train[order[n:]])
 
 
 class FrameDataset(torch.utils.data.Dataset):

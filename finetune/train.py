@@ -28,17 +28,10 @@ from torch import nn
 
 from finetune import report
 from finetune.backbone import load_backbone
-from finetune.frames import (
-    ClipDataset,
-    FrameDataset,
-    Frames,
-    clip_windows,
-    fold_indices,
-    labelled_subset,
-    round_robin_folds,
-    shard_frames,
-)
+from finetune.frames import ClipDataset, FrameDataset, Frames, clip_windows, shard_frames
 from finetune.heads import IdentityAdversary, make_head
+from finetune.protocol import TEST_PART, fold_split, labelled_subset, parts_for
+from finetune.resume import config_view, conflicts
 from shards.batch import normalize
 
 log = logging.getLogger("finetune")
@@ -69,28 +62,26 @@ class AUModel(nn.Module):
         return out
 
 
-def load_frames(cfg, size: int) -> tuple[Frames, dict[int, list[str]]]:
+def load_frames(cfg, size: int) -> Frames:
     kind = cfg.data.kind
     if kind in ("synthetic", "shards"):
         from hydra.utils import instantiate
 
         source = str(instantiate(cfg.data.synthetic)) if kind == "synthetic" else cfg.data.source
-        frames = shard_frames(source, size, cfg.data.clip_frames)
-        return frames, round_robin_folds(frames.subjects)
+        return shard_frames(source, size, cfg.data.clip_frames)
     from finetune import data as datasets
     from finetune.frames import table_frames
 
     if kind == "bp4d":
-        table = datasets.load_bp4d(cfg.data.root, intensity_root=cfg.data.intensity_root)
+        table = datasets.load_bp4d(cfg.data.root, intensity_root=cfg.data.intensity_root,
+                                   image_root=cfg.data.image_root)  # fmt: skip
     elif kind == "disfa":
         table = datasets.load_disfa(cfg.data.root, intensity=cfg.task == "intensity")
     elif kind == "csv":
         table = datasets.load_csv(cfg.data.source, root=cfg.data.root)
     else:
         raise ValueError(f"data.kind must be synthetic, shards, bp4d, disfa or csv, got {kind!r}")
-    frames = table_frames(table, size)
-    folds = datasets.FOLDS[kind] if kind in datasets.FOLDS else round_robin_folds(frames.subjects)
-    return frames, folds
+    return table_frames(table, size)
 
 
 def detection_loss(logits, occ, pos_weight, weight=None) -> torch.Tensor:
@@ -127,11 +118,10 @@ def optimizer_for(model: AUModel, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def run_fold(cfg, fold: int, frames: Frames, folds, accelerator, backbone_factory) -> dict:
+def run_fold(cfg, fold: int, frames: Frames, train, test, accelerator, backbone_factory) -> dict:
     from torch.utils.data import DataLoader
 
     backbone = backbone_factory()
-    train, test = fold_indices(frames, folds, fold)
     labelled, unlabelled = labelled_subset(train, cfg.label_fraction, cfg.seed + fold)
     subjects = {s: i for i, s in enumerate(sorted(set(frames.subjects)))}
     n_aus = len(frames.au_names)
@@ -173,11 +163,10 @@ def run_fold(cfg, fold: int, frames: Frames, folds, accelerator, backbone_factor
     def normalise(images):  # on the device, as DESIGN.md asks
         return normalize(images, backbone.mean, backbone.std)
 
-    ckpt = Path(cfg.run_dir) / f"fold{fold}" / "checkpoint"
-    start = 0
-    if (ckpt / "epoch.json").exists():
+    ckpt = checkpoint_dir(cfg, fold)
+    start = resumable_epoch(cfg, fold)
+    if start:
         accelerator.load_state(str(ckpt))
-        start = json.loads((ckpt / "epoch.json").read_text())["epoch"]
         log.info("fold %d: resumed after epoch %d", fold, start)
     steps_total = cfg.epochs * len(train_loader)
     for epoch in range(start, cfg.epochs):
@@ -206,7 +195,7 @@ def run_fold(cfg, fold: int, frames: Frames, folds, accelerator, backbone_factor
         accelerator.wait_for_everyone()
         accelerator.save_state(str(ckpt))
         if accelerator.is_main_process:
-            (ckpt / "epoch.json").write_text(json.dumps({"epoch": epoch + 1}))
+            (ckpt / "epoch.json").write_text(json.dumps({"epoch": epoch + 1, "config": config_view(cfg, MAY_CHANGE)}))
         accelerator.wait_for_everyone()
         log.info("fold %d epoch %d/%d loss %.4f", fold, epoch + 1, cfg.epochs, float(loss))
 
@@ -230,20 +219,80 @@ def run_fold(cfg, fold: int, frames: Frames, folds, accelerator, backbone_factor
                            train_labels=train_true)  # fmt: skip
 
 
+# Keys a run may change and still resume a checkpoint: where it writes, how many loader workers,
+# and `epochs` (a longer run continues a shorter one; the remaining epochs follow the new
+# count's learning-rate schedule). Any other difference is another experiment.
+MAY_CHANGE = ("run_dir", "epochs", "data.num_workers")
+
+
+def checkpoint_dir(cfg, fold: int) -> Path:
+    return Path(cfg.run_dir) / f"fold{fold}" / "checkpoint"
+
+
+def resumable_epoch(cfg, fold: int) -> int:
+    """Epochs that the checkpoint in RUN_DIR/foldK already trained (0: none there). A checkpoint
+    of another configuration is refused, naming what differs: resuming it would report its
+    model under this run's settings."""
+    ckpt = checkpoint_dir(cfg, fold)
+    if not (ckpt / "epoch.json").exists():
+        return 0
+    saved = json.loads((ckpt / "epoch.json").read_text())
+    if "config" not in saved:
+        raise ValueError(f"{ckpt}: this checkpoint does not record the configuration it was trained under, so it "
+                         "cannot be told to be this run's: move it away or choose another run_dir")  # fmt: skip
+    differ = conflicts(saved["config"], config_view(cfg, MAY_CHANGE))
+    if differ:
+        raise ValueError(f"{ckpt} holds a checkpoint of another configuration; run it with the same settings or "
+                         "choose another run_dir. What differs (checkpoint -> now):\n  " + "\n  ".join(differ))
+    if saved["epoch"] > cfg.epochs:
+        raise ValueError(f"{ckpt}: the checkpoint has trained {saved['epoch']} epochs, more than epochs={cfg.epochs}")
+    return int(saved["epoch"])
+
+
+def folds_of(cfg) -> list[int]:
+    if str(cfg.fold) == "all":
+        return sorted(TEST_PART)
+    if str(cfg.fold) not in [str(k) for k in TEST_PART]:
+        raise ValueError(f"fold must be one of {', '.join(str(k) for k in TEST_PART)} or all, got {cfg.fold!r}")
+    return [int(cfg.fold)]
+
+
+def job_run_dir(cfg) -> str:
+    """`run_dir`; under Hydra's multirun (`finetune.py -m ...`) this job's own folder, RUN_DIR/N
+    with N Hydra's job number (hydra.sweep in configs/finetune.yaml), so that the jobs of a sweep
+    never share a checkpoint. No timestamp: every accelerate rank runs its own Hydra and must
+    get the same folder, and a rerun of the same sweep resumes its jobs."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return HydraConfig.get().runtime.output_dir
+    return str(cfg.run_dir)
+
+
 def fit(cfg) -> dict:
     """One setting, or with `sweep_fractions` one run per label fraction (each in its own
-    RUN_DIR/fraction_F) and F1 against the fraction plotted in RUN_DIR/label_fraction.png."""
-    if not cfg.sweep_fractions:
-        return fit_one(cfg)
+    RUN_DIR/fraction_F) and F1 against the fraction plotted in RUN_DIR/label_fraction.png.
+    Every run's checkpoints are checked before any of them trains."""
     from omegaconf import open_dict
 
-    results = {}
-    for fraction in cfg.sweep_fractions:
-        sub = cfg.copy()
-        with open_dict(sub):
-            sub.label_fraction, sub.sweep_fractions = float(fraction), []
-            sub.run_dir = str(Path(cfg.run_dir) / f"fraction_{fraction:g}")
-        results[float(fraction)] = fit_one(sub)
+    def with_settings(base, **settings):
+        out = base.copy()
+        with open_dict(out):
+            for key, value in settings.items():
+                out[key] = value
+        return out
+
+    cfg = with_settings(cfg, run_dir=job_run_dir(cfg))
+    runs = {float(f): with_settings(cfg, label_fraction=float(f), sweep_fractions=[],
+                                    run_dir=str(Path(cfg.run_dir) / f"fraction_{f:g}"))
+            for f in cfg.sweep_fractions}  # fmt: skip
+    for run in list(runs.values()) or [cfg]:
+        for fold in folds_of(run):
+            resumable_epoch(run, fold)
+    if not runs:
+        return fit_one(cfg)
+    results = {f: fit_one(run) for f, run in runs.items()}
     key = "f1" if cfg.task == "detection" else "icc"
     points = {f: r["mean"][key] for f, r in results.items()}
     if int(os.environ.get("RANK", "0")) == 0:
@@ -263,13 +312,16 @@ def fit_one(cfg) -> dict:
         raise ValueError(f"task must be detection or intensity and mode linear, mlp or finetune; got {cfg.task}, {cfg.mode}")
     torch.manual_seed(cfg.seed)  # a random-init backbone starts the same on every rank
     probe = load_backbone(cfg.backbone, input_size=cfg.data.resize, index=cfg.backbone_index)
-    frames, folds = load_frames(cfg, probe.input_size)
-    folds_to_run = [1, 2, 3] if str(cfg.fold) == "all" else [int(cfg.fold)]
+    frames = load_frames(cfg, probe.input_size)
+    folds_to_run = folds_of(cfg)
+    # every fold's split before any trains: a fold that cannot be filled fails now, not after the others
+    parts = parts_for(cfg.data.kind, frames.subjects)
+    splits = {fold: fold_split(frames.subjects, parts, fold, frames.name) for fold in folds_to_run}
 
     def backbone_factory():
         return copy.deepcopy(probe)  # every fold starts from the same weights, read once
 
-    results = {fold: run_fold(cfg, fold, frames, folds, accelerator, backbone_factory) for fold in folds_to_run}
+    results = {fold: run_fold(cfg, fold, frames, *splits[fold], accelerator, backbone_factory) for fold in folds_to_run}
     combined = report.combine_folds(results) if len(results) > 1 else results[folds_to_run[0]]
     if accelerator.is_main_process:
         run_dir = Path(cfg.run_dir)

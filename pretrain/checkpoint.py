@@ -49,7 +49,8 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from pretrain.config import digest, resume_conflicts
+from finetune.resume import conflicts as resume_conflicts
+from pretrain.config import digest
 from pretrain.distributed import any_rank, barrier, broadcast_object
 from shards.atomic import atomic_open, write_text_atomic
 

@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from finetune.config import DataConfig
+from finetune.resume import config_view
 
 
 @dataclass
@@ -122,29 +123,13 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.ckpt_every", "trai
                      "train.run_dir", "train.publish_name", "eval")  # fmt: skip
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def resume_view(cfg) -> dict[str, Any]:
     """The flattened config entries that a resumed run must share with the run it continues."""
-    flat = _flatten(OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg)
-    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)}
+    return config_view(cfg, RESUMABLE_CHANGES)
 
 
 def digest(view: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def resume_conflicts(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Human-readable differences that forbid resuming: 'key: saved -> now'."""
-    keys = sorted(set(saved) | set(now))
-    return [f"{k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
 class ConfigError(ValueError):

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finetune.frames import face_crops, labelled_subset
+from finetune.frames import face_crops
 from finetune.probe import identity_probe, knn_probe, linear_probe
+from finetune.protocol import labelled_subset
 from shards.batch import normalize
 from shards.manifest import Manifest
 from shards.stream import ClipStream

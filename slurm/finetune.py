@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from finetune.protocol import TEST_PART
 from slurm import queue
 from slurm.config import compose, with_override
 from slurm.executor import describe_array, submit_array_then
@@ -27,9 +28,10 @@ def _slug(text: str) -> str:
 
 def sweep(overrides: list[str], backbones: list[str], folds: list[str], fractions: list[float], root: Path):
     """One run per combination: its settings, run directory and overrides."""
+    known = [str(k) for k in TEST_PART]  # the job's folds (finetune.protocol)
     for f in folds:
-        if f not in ("1", "2", "3"):
-            raise ValueError(f"--folds: fold {f!r} is not one of 1, 2, 3")
+        if f not in known:
+            raise ValueError(f"--folds: fold {f!r} is not one of {', '.join(known)}")
     for x in fractions:
         if not 0 < x <= 1:
             raise ValueError(f"--label-fractions: {x} is not in (0, 1]")

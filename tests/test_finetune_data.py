@@ -12,9 +12,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from finetune.data import (BP4D_AUS, DISFA_AUS, DISFA_INTENSITY_AUS, FOLDS, FrameRecord, FrameTable, VideoFrames,
-                           fold_split, label_mask, load_bp4d, load_csv, load_disfa, read_frame,
-                           video_frame_count)  # fmt: skip
+from finetune.data import (BP4D_AUS, DISFA_AUS, DISFA_INTENSITY_AUS, FrameRecord, VideoFrames, load_bp4d, load_csv,
+                           load_disfa, read_frame, video_frame_count)  # fmt: skip
 
 # ---------------------------------------------------------------------------------------------
 # BP4D: AUCoding/AU_OCC/{subject}_{task}.csv, {subject}/{task}/{frame:04d}.jpg
@@ -43,10 +42,12 @@ def write_jpeg(path: Path, rgb, size=(40, 32)) -> None:
     Image.fromarray(np.full((size[1], size[0], 3), rgb, np.uint8)).save(path, quality=95)
 
 
-def make_bp4d(root: Path, label_parts=("AUCoding", "AU_OCC")) -> Path:
+def make_bp4d(root: Path, label_parts=("AUCoding", "AU_OCC"), image_parts=(), seqs=None) -> Path:
+    """Label CSVs under root/label_parts, frames under root/image_parts/{subject}/{task}/."""
     labels = root.joinpath(*label_parts)
     labels.mkdir(parents=True)
-    for (subject, task), (start, n) in BP4D_SEQS.items():
+    images = root.joinpath(*image_parts)
+    for (subject, task), (start, n) in (seqs or BP4D_SEQS).items():
         lines = [",".join(str(k) for k in range(100))]
         for f in range(start, start + n):
             lines.append(",".join([str(f)] + [str(bp4d_value(subject, task, f, au)) for au in range(1, 100)]))
@@ -57,9 +58,9 @@ def make_bp4d(root: Path, label_parts=("AUCoding", "AU_OCC")) -> Path:
             lines[i] = ",".join(cells)
         (labels / f"{subject}_{task}.csv").write_text("\n".join(lines) + "\n")
         for i, f in enumerate(range(start, start + n)):
-            write_jpeg(root / subject / task / f"{f:04d}.jpg", frame_colour(i))
+            write_jpeg(images / subject / task / f"{f:04d}.jpg", frame_colour(i))
         # an image beyond the coded range (BP4D codes part of each task only)
-        write_jpeg(root / subject / task / f"{start + n:04d}.jpg", (0, 0, 0))
+        write_jpeg(images / subject / task / f"{start + n:04d}.jpg", (0, 0, 0))
     return root
 
 
@@ -135,8 +136,60 @@ def test_bp4d_missing_folder_and_zip_hint(bp4d):
     shutil.rmtree(bp4d / "M007")
     (bp4d / "2D+3D").mkdir()
     (bp4d / "2D+3D" / "M007.zip").write_bytes(b"PK")
-    with pytest.raises(FileNotFoundError, match=r"M007_T1\.csv.*M007.zip: extract it first"):
+    with pytest.raises(ValueError, match=r"M007_T1\.csv.*M007.zip: extract it first"):
         load_bp4d(bp4d)
+
+
+def test_bp4d_frames_in_the_extracted_2d3d_folders(tmp_path):
+    """BP4D as released: 2D+3D/{subject}.zip extract to 2D+3D/{subject}/{task}/."""
+    root = make_bp4d(tmp_path / "BP4D", image_parts=("2D+3D",))
+    t = load_bp4d(root)
+    assert len(t) == sum(n for _, n in BP4D_SEQS.values()) and not t.notes
+    first = next(r for r in t.records if r.sequence == "F001_T2")
+    assert Path(first.source) == root / "2D+3D" / "F001" / "T2" / "0721.jpg"
+    # the search order: root itself before root/2D+3D, subject by subject
+    shutil.copytree(root / "2D+3D" / "M007", root / "M007")
+    t = load_bp4d(root)
+    assert {Path(r.source).parents[2] for r in t.records} == {root, root / "2D+3D"}
+    assert all(Path(r.source).parents[2] == root for r in t.records if r.subject == "M007")
+    # image_root names the folder outright
+    shutil.move(root / "2D+3D", tmp_path / "frames")
+    shutil.rmtree(root / "M007")
+    t = load_bp4d(root, image_root=tmp_path / "frames")
+    assert all(Path(r.source).is_relative_to(tmp_path / "frames") for r in t.records) and len(t) == 13
+
+
+def test_bp4d_every_file_is_checked_before_training(bp4d, caplog):
+    """Missing and empty images, labels without images: one error listing every sequence.
+    Images without labels: a warning naming each such sequence."""
+    (bp4d / "F003" / "T1" / "2441.jpg").write_bytes(b"")  # an empty file would fail only when read
+    (bp4d / "F001" / "T2" / "0722.jpg").unlink()
+    shutil.rmtree(bp4d / "M007" / "T1")
+    with pytest.raises(ValueError) as e:
+        load_bp4d(bp4d)
+    msg = str(e.value)
+    assert "3 labelled sequence(s) cannot be read whole" in msg
+    assert "F003_T1.csv: 1 of 3 labelled frames have an empty (0-byte) image" in msg
+    assert str(bp4d / "F003" / "T1" / "2441.jpg") in msg and str(bp4d / "F001" / "T2" / "0722.jpg") in msg
+    assert "no image folder for M007/T1" in msg
+    t = load_bp4d(bp4d, missing_images="skip")
+    assert len(t) == sum(n for _, n in BP4D_SEQS.values()) - 1 - 1 - 3
+    assert all(Path(r.source).stat().st_size > 0 for r in t.records)
+    assert any("5 labelled frames skipped" in n for n in t.notes)
+
+    # images without labels: the rest can run, and a warning names each such sequence
+    for name in ("F003_T1.csv", "M007_T1.csv"):
+        (bp4d / "AUCoding" / "AU_OCC" / name).unlink()
+    write_jpeg(bp4d / "F001" / "T2" / "0722.jpg", (1, 2, 3))
+    write_jpeg(bp4d / "F001" / "T10" / "0001.jpg", (1, 2, 3))
+    write_jpeg(bp4d / "2D+3D" / "M011" / "T3" / "0001.jpg", (1, 2, 3))  # in another image root
+    with caplog.at_level("WARNING"):
+        t = load_bp4d(bp4d)
+    assert t.subjects() == ["F001"] and len(t) == 7
+    assert any("3 image sequence(s) have no label file in" in n and n.endswith(": F001/T10, F003/T1, M011/T3")
+               for n in t.notes)  # fmt: skip
+    assert "F001/T10, F003/T1, M011/T3" in caplog.text
+    assert any(n.endswith("complete?): F001/T10") for n in load_bp4d(bp4d, subjects=["F001"]).notes)
 
 
 def test_bp4d_bad_values_and_absent_aus(bp4d):
@@ -378,55 +431,17 @@ def test_csv_dataset(tmp_path):
     (d / "bad.csv").write_text("path,subject,AU1\nimg/0.jpg,p1,2\n")
     with pytest.raises(ValueError, match=r"bad\.csv, line 2: AU1 value '2'"):
         load_csv(d / "bad.csv")
+    (d / "img" / "2.jpg").write_bytes(b"")  # found before training, not when a loader reaches it
+    with pytest.raises(ValueError, match=r"labels\.csv, line 4: image is empty \(0 bytes\): .*2\.jpg"):
+        load_csv(d / "labels.csv")
 
 
 # ---------------------------------------------------------------------------------------------
-# protocols
+# frame tables (the protocol over them: tests/test_protocol.py)
 
 
-def test_folds_are_the_published_ones():
-    assert len(FOLDS["bp4d"][1]) == 14 and len(FOLDS["bp4d"][2]) == 14 and len(FOLDS["bp4d"][3]) == 13
-    assert FOLDS["bp4d"][2][:3] == ["M011", "F003", "M010"] and FOLDS["bp4d"][3][-1] == "F014"
-    assert all(len(FOLDS["disfa"][k]) == 9 for k in (1, 2, 3))
-    assert FOLDS["disfa"][1][:3] == ["SN002", "SN010", "SN001"] and FOLDS["disfa"][3][-1] == "SN004"
-    for folds in FOLDS.values():
-        members = [s for f in folds.values() for s in f]
-        assert len(members) == len(set(members))
-
-
-def test_fold_split_subject_exclusive(bp4d, disfa):
-    t = load_bp4d(bp4d)
-    train, test = fold_split(t, "bp4d", 1)
-    assert test.subjects() == ["F001", "M007"] and train.subjects() == ["F003"]
-    assert len(train) + len(test) == len(t)
-    train2, test2 = fold_split(t, "BP4D", 2)
-    assert test2.subjects() == ["F003"] and train2.subjects() == ["F001", "M007"]
-    assert not set(train2.subjects()) & set(test2.subjects())
-    with pytest.raises(ValueError, match="test side empty"):
-        fold_split(t, "bp4d", 3)
+def test_table_subset(disfa):
     d = load_disfa(disfa, landmarks=False)
-    dtrain, dtest = fold_split(d, "disfa", 2)
-    assert dtest.subjects() == ["SN013"] and dtrain.subjects() == ["SN001"]
-    stray = FrameTable("x", ["AU1"], t.records + [FrameRecord("F099", "F099_T1", 1, "a.jpg", np.zeros(1, np.int8),
-                                                              np.full(1, np.nan, np.float32), None)])  # fmt: skip
-    with pytest.raises(ValueError, match=r"in no bp4d fold: \['F099'\]"):
-        fold_split(stray, "bp4d", 1)
     with pytest.raises(ValueError, match=r"subjects not in the table: \['SN999'\]"):
         d.subset(["SN001", "SN999"])
     assert d.subset(["SN013"]).subjects() == ["SN013"]
-
-
-def test_label_mask_fraction_and_seed():
-    n = 200
-    a = label_mask(n, 0.1, seed=3)
-    assert a.dtype == bool and a.shape == (n,) and a.sum() == 20
-    assert (a == label_mask(n, 0.1, seed=3)).all()
-    assert not (a == label_mask(n, 0.1, seed=4)).all()
-    assert label_mask(n, 1.0, seed=0).all()
-    assert label_mask(n, 0.0001, seed=0).sum() == 1
-    assert label_mask(n, 0.02, seed=0).sum() == 4
-    with pytest.raises(ValueError):
-        label_mask(n, 0.0, seed=0)
-    t = FrameTable("t", ["AU1"], [FrameRecord("s", "s", i, "x", np.zeros(1, np.int8), np.zeros(1, np.float32))
-                                  for i in range(50)])  # fmt: skip
-    assert label_mask(t, 0.5, seed=1).sum() == 25

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from finetune.backbone import load_backbone
-from finetune.frames import labelled_subset
+from finetune.protocol import labelled_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.synthetic.clips=36", "data.synthetic.identities=9", "data.synthetic.frames=4", "data.synthetic.size=32",
@@ -23,8 +23,8 @@ TINY = ["data.synthetic.clips=36", "data.synthetic.identities=9", "data.syntheti
         "batch_size=16", "epochs=1"]  # fmt: skip
 
 
-def finetune(run_dir: Path, cache: Path, *extra: str, processes: int = 1, check: bool = True):
-    args = ["finetune.py", f"run_dir={run_dir}", *TINY, *extra]
+def finetune(run_dir: Path, cache: Path, *extra: str, processes: int = 1, check: bool = True, multirun: bool = False):
+    args = ["finetune.py", *(["-m"] if multirun else []), f"run_dir={run_dir}", *TINY, *extra]
     if processes > 1:
         launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
                     str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
@@ -95,12 +95,65 @@ def test_bad_settings_are_refused_clearly(tmp_path, cache):
     assert proc.returncode != 0 and "task must be detection or intensity" in proc.stdout + proc.stderr
 
 
-def test_label_fraction_draws_seeded_subsets():
-    train = np.arange(1000)
-    a, rest = labelled_subset(train, 0.02, seed=3)
-    assert len(a) == 20 and len(rest) == 980 and not set(a) & set(rest)
-    assert np.array_equal(a, labelled_subset(train, 0.02, seed=3)[0])
-    assert not np.array_equal(a, labelled_subset(train, 0.02, seed=4)[0])
+def test_a_run_directory_of_another_configuration_is_refused(tmp_path, cache):
+    """The 0.02 model's checkpoint must not be resumed and reported under label_fraction=1."""
+    run_dir = tmp_path / "run"
+    finetune(run_dir, cache, "backbone=resnet18", "label_fraction=0.5")
+    proc = finetune(run_dir, cache, "backbone=resnet18", "label_fraction=1.0", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "resumed" not in out
+    assert "holds a checkpoint of another configuration" in out and "label_fraction: 0.5 -> 1.0" in out
+    assert json.loads((run_dir / "metrics.json").read_text())["setting"]["label_fraction"] == 0.5
+    # what does not change the computation may differ
+    proc = finetune(run_dir, cache, "backbone=resnet18", "label_fraction=0.5", "data.num_workers=1")
+    assert "resumed after epoch 1" in proc.stdout + proc.stderr
+
+
+def test_only_where_it_writes_loader_workers_and_epochs_may_change_on_resume():
+    from slurm.config import compose
+
+    from finetune.resume import config_view, conflicts
+    from finetune.train import MAY_CHANGE
+
+    base = config_view(compose("finetune", []), MAY_CHANGE)
+    same = compose("finetune", ["run_dir=/elsewhere", "epochs=30", "data.num_workers=7"])
+    assert config_view(same, MAY_CHANGE) == base
+    other = config_view(compose("finetune", ["label_fraction=0.02", "data.synthetic.seed=3", "fold=all"]), MAY_CHANGE)
+    assert conflicts(base, other) == ["data.synthetic.seed: 0 -> 3", "fold: '1' -> 'all'",
+                                      "label_fraction: 1.0 -> 0.02"]  # fmt: skip
+
+
+def test_multirun_jobs_get_their_own_run_directories(tmp_path, cache):
+    """`finetune.py -m label_fraction=0.5,1.0`: job N writes to RUN_DIR/N, and neither resumes the other."""
+    sweep = tmp_path / "sweep"
+    proc = finetune(sweep, cache, "backbone=resnet18", "label_fraction=0.5,1.0", multirun=True)
+    assert "resumed" not in proc.stdout + proc.stderr
+    for job, fraction in (("0", 0.5), ("1", 1.0)):
+        assert json.loads((sweep / job / "metrics.json").read_text())["setting"]["label_fraction"] == fraction
+        assert (sweep / job / "fold1" / "checkpoint" / "epoch.json").exists()
+    assert not (sweep / "fold1").exists() and not (sweep / "metrics.json").exists()
+
+
+def test_bp4d_job_reads_image_root_and_refuses_folds_it_cannot_fill(tmp_path, cache):
+    from test_finetune_data import make_bp4d
+
+    seqs = {("F001", "T1"): (10, 6), ("M011", "T1"): (20, 6), ("F007", "T1"): (30, 6)}  # one subject per part
+    root = make_bp4d(tmp_path / "BP4D", image_parts=("frames",), seqs=seqs)
+    bp4d = ["backbone=resnet18", "data=bp4d", f"data.root={root}", "data.num_workers=0"]
+    finetune(tmp_path / "run", cache, *bp4d, f"data.image_root={root / 'frames'}")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_frames"] == 6 and len(metrics["au_names"]) == 12  # fold 1 tests part 3: F007's 6 frames
+    # one subject: a clear error before training, not an empty loader
+    (tmp_path / "one").mkdir()
+    write = [f"img{i}.png,p1,{i % 2}" for i in range(4)]
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "one" / f"img{i}.png")
+    (tmp_path / "one" / "labels.csv").write_text("path,subject,AU1\n" + "\n".join(write) + "\n")
+    proc = finetune(tmp_path / "run1", cache, "backbone=resnet18", "data=csv",
+                    f"data.source={tmp_path / 'one' / 'labels.csv'}", "data.num_workers=0", check=False)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "num_samples" not in out
+    assert "fold 1 would test on nobody" in out and "1 subject(s): p1" in out
 
 
 def test_label_fraction_sweep_plots_f1_against_the_fraction(tmp_path, cache):

@@ -6,17 +6,21 @@
   its header rather than its position; values 0 absent, 1 present, 9 unknown (-> -1).
 * Frames: `{subject}/{task}/{frame}.jpg` under the image root, zero-padded to a width measured
   from the first file name of each folder (4 digits in the copies seen: `F001/T2/0721.jpg`).
-  The image root is `image_root`, else the first of `root`, `root/img`, `root/images`,
-  `root/Sequences` that holds the subject's folder. Images shipped as `2D+3D/{subject}.zip`
-  must be extracted first (the error says so).
+  The image root is `image_root`; else, per subject, the first of `root`, `root/2D+3D` (where
+  the released `2D+3D/{subject}.zip` extract to), `root/img`, `root/images`, `root/Sequences`
+  that holds the subject's folder. A zip not yet extracted is named in the error.
 * Intensity (FERA 2015, AU6/10/12/14/17): `AU Intensity Codes3.0/AU{NN}/{subject}_{task}*.csv`,
   no header, rows `frame,intensity` 0..5 with 9 unknown; merged into the frames of the same
   sequence and frame number where present, NaN elsewhere.
 
-A CSV frame with no image is an error by default (`missing_images="error"`: `ValueError`
-naming the CSV, the image folder and the first missing files). `missing_images="skip"` leaves
-such frames (and sequences whose image folder is absent) out and reports the count in
-`table.notes`. Images with no CSV row are ignored: BP4D codes a part of each task only.
+Every file is checked before anything trains. By default (`missing_images="error"`) one
+`ValueError` lists every labelled sequence that cannot be read whole: no image folder, or
+labelled frames whose image is missing or empty (0 bytes), naming the CSV, the folder and the
+first such files. `missing_images="skip"` leaves those frames out and says so in `table.notes`.
+Images with no CSV row are not used (BP4D codes a part of each task only); a whole sequence of
+images without a label file is only warned about, every one named (`table.notes` and the log):
+its frames could not be used anyway and the rest is sound, but the copy of the labels is
+likely incomplete.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ __all__ = ["load_bp4d"]
 log = logging.getLogger(__name__)
 
 _SEQ_RE = re.compile(r"^([FM]\d{3})_(T\d+)\.csv$", re.IGNORECASE)
+_SUBJECT_RE = re.compile(r"[FM]\d{3}", re.IGNORECASE)
+_TASK_RE = re.compile(r"T\d+", re.IGNORECASE)
 _IMAGE_EXT = (".jpg", ".jpeg", ".png")
 _LABEL_DIRS = (("AUCoding", "AU_OCC"), ("AUCoding", "AUCoding"), ("AUCoding",), ("AU_OCC",), ())
-_IMAGE_DIRS = ((), ("img",), ("images",), ("Sequences",))
+_IMAGE_DIRS = ((), ("2D+3D",), ("img",), ("images",), ("Sequences",))  # the search order
 
 
 def _resolve(root: Path, parts: Iterable[str]) -> Path | None:
@@ -128,6 +134,19 @@ def _subject_folder(roots: list[Path], subject: str) -> Path | None:
         if d is not None and d.is_dir():
             return d
     return None
+
+
+def _unlabelled_sequences(roots: list[Path], labelled: set[tuple[str, str]], wanted: set[str] | None) -> list[str]:
+    """`SUBJECT/TASK` of the image folders (holding images) that no label file covers."""
+    found = {n.upper() for r in roots for n in listing(r).values() if _SUBJECT_RE.fullmatch(n) and (r / n).is_dir()}
+    out = []
+    for subject in sorted(found if wanted is None else found & wanted):
+        sub_dir = _subject_folder(roots, subject)
+        for task in sorted(listing(sub_dir).values(), key=lambda t: (len(t), t)):
+            if (_TASK_RE.fullmatch(task) and (subject, task.upper()) not in labelled
+                    and any(n.lower().endswith(_IMAGE_EXT) for n in listing(sub_dir / task).values())):  # fmt: skip
+                out.append(f"{subject}/{task}")
+    return out
 
 
 def _missing_folder_message(roots: list[Path], root: Path, subject: str, task: str, csv_path: Path) -> str:
@@ -218,6 +237,7 @@ def load_bp4d(root: str | Path, *, intensity_root: str | Path | None = None, ima
     if intensity_root is not None:
         fera = _fera_files(_fera_dir(Path(intensity_root)), int_aus)
     notes: list[str] = []
+    problems: list[str] = []  # labelled frames that cannot be read, one line per sequence
     records: list[FrameRecord] = []
     skipped_frames, no_intensity = 0, 0
     known_any = np.zeros(len(au_list), bool)
@@ -227,22 +247,22 @@ def load_bp4d(root: str | Path, *, intensity_root: str | Path | None = None, ima
         sub_dir = _subject_folder(roots, subject)
         folder = child(sub_dir, task) if sub_dir is not None else None
         if folder is None or not folder.is_dir():
-            msg = _missing_folder_message(roots, root, subject, task, csv_path)
-            if missing_images == "error":
-                raise FileNotFoundError(msg)
-            notes.append(f"skipped {len(frames)} frames: {msg}")
+            problems.append(_missing_folder_message(roots, root, subject, task, csv_path))
             skipped_frames += len(frames)
             continue
         by_frame, width = _image_index(folder)
         missing = [f for f in frames if f not in by_frame]
         if missing:
             shown = ", ".join(f"{f} -> {folder / f'{f:0{max(width, 1)}d}.jpg'}" for f in missing[:3])
-            msg = (f"{csv_path}: {len(missing)} of {len(frames)} labelled frames have no image in {folder} "
-                   f"(zero padding measured there: {width}); e.g. {shown}")  # fmt: skip
-            if missing_images == "error":
-                raise ValueError(msg)
-            notes.append(f"skipped {msg}")
-            skipped_frames += len(missing)
+            problems.append(f"{csv_path}: {len(missing)} of {len(frames)} labelled frames have no image in {folder} "
+                            f"(zero padding measured there: {width}); e.g. {shown}")  # fmt: skip
+        # an empty file would only fail when a loader reaches it, maybe after an epoch of training
+        empty = [f for f in frames if f in by_frame and (folder / by_frame[f]).stat().st_size == 0]
+        if empty:
+            shown = ", ".join(str(folder / by_frame[f]) for f in empty[:3])
+            problems.append(f"{csv_path}: {len(empty)} of {len(frames)} labelled frames have an empty (0-byte) image "
+                            f"in {folder}; e.g. {shown}")  # fmt: skip
+        skipped_frames += len(missing) + len(empty)
         intensity = np.full((len(frames), len(au_list)), np.nan, np.float32)
         files = fera.get((subject, task), {})
         if fera and not files:
@@ -252,16 +272,25 @@ def load_bp4d(root: str | Path, *, intensity_root: str | Path | None = None, ima
             j = au_list.index(au)
             for i, f in enumerate(frames):
                 intensity[i, j] = values.get(f, math.nan)
+        readable = set(by_frame) - set(empty)
         for i, f in enumerate(frames):
-            if f in by_frame:
+            if f in readable:
                 records.append(FrameRecord(subject, f"{subject}_{task}", f, str(folder / by_frame[f]),
                                            labels[i].copy(), intensity[i].copy(), None))  # fmt: skip
+    if problems and missing_images == "error":
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ValueError(f"BP4D: {len(problems)} labelled sequence(s) cannot be read whole:\n  " + "\n  ".join(shown))
+    notes += [f"skipped: {p}" for p in problems]
+    unlabelled = _unlabelled_sequences(roots, {(s, t) for s, t, _ in sequences}, wanted)
+    if unlabelled:
+        notes.append(f"BP4D: {len(unlabelled)} image sequence(s) have no label file in {label_dir}, so their frames "
+                     f"are not used (is the copy of AUCoding complete?): {', '.join(unlabelled)}")  # fmt: skip
     unknown = [au_name(a) for a, k in zip(au_list, known_any) if not k]
     if unknown:
         raise ValueError(f"BP4D in {label_dir}: the dataset lacks {unknown}: "
                          "every value in every label file is 9 (unknown)")
     if skipped_frames:
-        notes.append(f"BP4D: {skipped_frames} labelled frames skipped for want of an image")
+        notes.append(f"BP4D: {skipped_frames} labelled frames skipped for want of a readable image")
     if no_intensity:
         notes.append(f"BP4D: {no_intensity} sequences have no FERA 2015 intensity file (intensity NaN there)")
     for n in notes:

@@ -12,8 +12,8 @@ Columns (header names matched without case):
 
 The table's AUs are the union of occurrence and intensity columns, in AU order; an AU with
 only an intensity column has unknown occurrence, one with only an occurrence column NaN
-intensity. Every image must exist (`check_files=True`): a missing one raises naming the CSV
-line and the path.
+intensity. Every image must exist and be non-empty (`check_files=True`): a missing or 0-byte
+one raises naming the CSV line and the path.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ def load_csv(path: str | Path, *, root: str | Path | None = None, aus: Iterable[
         source = Path(rel) if Path(rel).is_absolute() else base / rel
         if check_files and not source.is_file():
             raise FileNotFoundError(f"{path}, line {line}: image not found: {source}")
+        if check_files and source.stat().st_size == 0:  # else it fails only when a loader reaches it
+            raise ValueError(f"{path}, line {line}: image is empty (0 bytes): {source}")
         sequence = row[seq_col].strip() if seq_col is not None and row[seq_col].strip() else subject
         if frame_col is not None and row[frame_col].strip():
             try:

@@ -1,4 +1,4 @@
-"""The frame table every AU dataset loader returns, the AU lists and the published folds.
+"""The frame table every AU dataset loader returns and the AU lists (the folds: finetune.protocol).
 
 A `FrameTable` is one labelled frame per `FrameRecord`, in a fixed order (subject, sequence,
 frame). Labels follow `finetune.metrics`: occurrence `int8 [A]` with -1 for unknown, intensity
@@ -13,27 +13,13 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["BP4D_AUS", "DISFA_AUS", "DISFA_INTENSITY_AUS", "BP4D_INTENSITY_AUS", "FOLDS",
-           "FrameRecord", "FrameTable", "au_name", "au_number"]  # fmt: skip
+__all__ = ["BP4D_AUS", "DISFA_AUS", "DISFA_INTENSITY_AUS", "BP4D_INTENSITY_AUS", "FrameRecord", "FrameTable",
+           "au_name", "au_number"]  # fmt: skip
 
 BP4D_AUS = [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24]
 BP4D_INTENSITY_AUS = [6, 10, 12, 14, 17]  # FERA 2015
 DISFA_AUS = [1, 2, 4, 6, 9, 12, 25, 26]  # occurrence: present where intensity >= 2
 DISFA_INTENSITY_AUS = [1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26]
-
-# Subject-exclusive 3-fold splits as published with ME-GraphAU (REFERENCE.md, Protocols).
-FOLDS: dict[str, dict[int, list[str]]] = {
-    "bp4d": {
-        1: "F001 M007 F018 F008 F002 M004 F010 F009 M012 M001 F016 M014 F023 M008".split(),
-        2: "M011 F003 M010 M002 F005 F022 M018 M017 F013 M016 F020 F011 M013 M005".split(),
-        3: "F007 F015 F006 F019 M006 M009 F012 M003 F004 F021 F017 M015 F014".split(),
-    },
-    "disfa": {
-        1: "SN002 SN010 SN001 SN026 SN027 SN032 SN030 SN009 SN016".split(),
-        2: "SN013 SN018 SN011 SN028 SN012 SN006 SN031 SN021 SN024".split(),
-        3: "SN003 SN029 SN023 SN025 SN008 SN005 SN007 SN017 SN004".split(),
-    },
-}
 
 _AU_RE = re.compile(r"^au0*(\d+)$", re.IGNORECASE)
 
