@@ -36,5 +36,5 @@ if __name__ == "__main__":
         os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
     if int(os.environ.get("RANK", "0")) != 0:
         # One rank writes the run's config and log file; the others only print.
-        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+        sys.argv += ["hydra/job_logging=stdout"]
     main()

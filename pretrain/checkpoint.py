@@ -199,6 +199,19 @@ def lock_run_dir(run_dir: str | Path) -> None:
     _held[run_dir] = fd
 
 
+def lock_run_dir_on_rank0(run_dir: str | Path, rank: int) -> None:
+    """`lock_run_dir` taken by rank 0, its refusal raised on every rank (a collective: all call it)."""
+    refusal = None
+    if rank == 0:
+        try:
+            lock_run_dir(run_dir)
+        except RunInUse as e:
+            refusal = str(e)
+    refusal = broadcast_object(refusal)  # every rank stops, not only rank 0
+    if refusal:
+        raise RunInUse(refusal)
+
+
 def unlock_run_dir(run_dir: str | Path) -> None:
     fd = _held.pop(Path(run_dir).resolve(), None)
     if fd is not None:
@@ -316,15 +329,7 @@ class Checkpointer:
         return None
 
     def _lock(self) -> None:
-        refusal = None
-        if self.rank == 0:
-            try:
-                lock_run_dir(self.root.parent)
-            except RunInUse as e:
-                refusal = str(e)
-        refusal = broadcast_object(refusal)  # every rank stops, not only rank 0
-        if refusal:
-            raise RunInUse(refusal)
+        lock_run_dir_on_rank0(self.root.parent, self.rank)
 
     def _inspect(self, tag: str) -> tuple[str | None, list[str]]:
         """(what is wrong with checkpoint TAG or None, the config changes that forbid resuming it)."""

@@ -115,12 +115,13 @@ def register() -> None:
     ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
 
 
-# Keys that may change between a run and its resumption without changing what it computes: the
-# one rule for resuming (the stream's own fingerprint only guards it). `data.num_workers` is not
-# one: each worker reads its own seeded logical stream (shards.stream), so the data a resumed run
-# would see depends on the worker count.
+# Keys that may change between a run and its resumption without changing what it computes. With
+# the stream's fingerprint (pretrain.train adds it to the resume view) this is the one rule for
+# resuming: `data.num_workers` may look free, but each worker reads its own seeded logical stream,
+# so the fingerprint's worker count (0 and 1 both mean one) refuses a change that would alter the
+# data, as its world size refuses another number of ranks.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.ckpt_every", "train.keep", "train.eval_every",
-                     "train.run_dir", "train.publish_name", "eval")  # fmt: skip
+                     "train.run_dir", "train.publish_name", "eval", "data.num_workers")  # fmt: skip
 
 
 def resume_view(cfg) -> dict[str, Any]:

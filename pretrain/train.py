@@ -16,11 +16,12 @@ from omegaconf import OmegaConf
 
 from pretrain import distributed
 from pretrain.augment import make_views, step_generator
-from pretrain.checkpoint import Checkpointer, lock_run_dir
+from pretrain.checkpoint import Checkpointer, lock_run_dir_on_rank0
 from pretrain.config import ConfigError, check_values, resume_view
 from pretrain.model import ClipEncoder
 from finetune.frames import align_clips
 from pretrain.objectives import PretrainModel, build_objectives, check_inputs
+from shards.atomic import write_text_atomic
 from shards.manifest import Manifest
 from shards.stream import STOP_SIGNALS, ClipStream, resize_frames
 
@@ -64,6 +65,19 @@ def end_after_fatal_error() -> None:
     for child in multiprocessing.active_children():
         child.kill()
         child.join(timeout=5)
+
+
+def save_run_config(cfg, run_dir: Path) -> None:
+    """The resolved config and the command's overrides, saved with the run (RUN_DIR/hydra/) once
+    the run directory is locked: Hydra's own saving (hydra.output_subdir) would come before the
+    lock and overwrite the files of a run that holds the directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = run_dir / "hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    if HydraConfig.initialized():
+        write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(list(HydraConfig.get().overrides.task)))
 
 
 def lr_at(step: int, cfg, global_batch: int) -> float:
@@ -133,8 +147,9 @@ class Run:
         self.cfg = cfg
         self.rank, self.world, self.device = distributed.init()
         self.run_dir = Path(cfg.train.run_dir)
-        if self.rank == 0:  # before anything is rendered or written: a second start is refused now
-            lock_run_dir(self.run_dir)
+        lock_run_dir_on_rank0(self.run_dir, self.rank)  # before anything is rendered or written
+        if self.rank == 0:
+            save_run_config(cfg, self.run_dir)
         self.source = data_source(cfg, self.rank)
         self.manifest = Manifest.load(self.source) if Path(self.source).exists() else None  # URLs: none
         size = cfg.data.resize or (self.manifest.frame_size[0] if self.manifest else 112)
@@ -142,11 +157,15 @@ class Run:
         # Aligned frames are warped from the decoded ones on the device (the landmarks are in
         # their pixels), so the workers do not resize them first.
         self.align = cfg.train.align
-        self.stream = ClipStream(
-            self.source, split=cfg.data.train_split, frames=cfg.data.frames, stride=cfg.data.stride,
-            batch_size=cfg.train.batch_size, mode="resampled", seed=cfg.train.seed, num_workers=cfg.data.num_workers,
-            slots=cfg.data.slots, resize=None if self.align else cfg.data.resize, rank=self.rank, world=self.world,
-        )  # fmt: skip
+        try:
+            self.stream = ClipStream(
+                self.source, split=cfg.data.train_split, frames=cfg.data.frames, stride=cfg.data.stride,
+                batch_size=cfg.train.batch_size, mode="resampled", seed=cfg.train.seed,
+                num_workers=cfg.data.num_workers, slots=cfg.data.slots, resize=None if self.align else cfg.data.resize,
+                rank=self.rank, world=self.world,
+            )  # fmt: skip
+        except ValueError as e:  # data and config that do not fit (frames, stride, splits): one line
+            raise ConfigError(f"data: {e}") from None
         # what the objectives can read: landmarks reach them only through alignment
         carried = {"landmarks"} if self.align and self.stream.carries("landmarks") else set()
         check_inputs(cfg.objectives, carried, f"{self.source} (train.align={self.align})")
@@ -175,7 +194,10 @@ class Run:
         )
         self.global_batch = cfg.train.batch_size * self.world * cfg.optim.grad_accum
         self.view_length = max(2, (cfg.data.frames * 3) // 4)
-        self.ckpt = Checkpointer(self.run_dir, cfg.train.keep, self.rank, resume_view(cfg))
+        # One rule for resuming: the config entries, and what the stream's position depends on
+        # (its worker count, the world size, the shards: the same on every rank but the rank).
+        stream = {f"stream.{k}": v for k, v in self.stream.fingerprint().items() if k != "rank"}
+        self.ckpt = Checkpointer(self.run_dir, cfg.train.keep, self.rank, {**resume_view(cfg), **stream})
         self.step, self.samples = 0, 0
         state = self.ckpt.resume(self.engine)
         if state is not None:

@@ -517,19 +517,22 @@ class ClipStream:
 
     # -- position ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"config": self._fingerprint(), "consumed": self._consumed, "workers": dict(self._states)}
+        return {"config": self.fingerprint(), "consumed": self._consumed, "workers": dict(self._states)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["config"] != self._fingerprint():
+        if state["config"] != self.fingerprint():
             raise ValueError(
                 "stream position belongs to another stream set-up: "
-                f"saved {state['config']}, now {self._fingerprint()}"
+                f"saved {state['config']}, now {self.fingerprint()}"
             )
         self._consumed = state["consumed"]
         self._states = {int(k): v for k, v in state["workers"].items()}
         self.epoch_done = False
 
-    def _fingerprint(self) -> dict:
+    def fingerprint(self) -> dict:
+        """What this rank's stream position depends on: a saved position continues exactly only
+        in a stream with the same fingerprint (a trainer checks it, less the rank, with its config
+        before it resumes)."""
         c = self.cfg
         return {
             "mode": c.mode, "seed": c.seed, "rank": c.rank, "world": c.world, "workers": c.workers,

@@ -131,6 +131,7 @@ def test_config_is_strict_and_complete():
         for name in ("resnet50_112", "vit_s_112"):
             preset = compose(config_name="pretrain", overrides=[f"experiment={name}"])
             assert preset.data.frames == 16 and preset.data.resize == 112 and preset.optim.lr_batch == 256
+            assert preset.data.stride == 1  # 16 frames, as `shards build` stores them by default
 
 
 @pytest.mark.parametrize("override, message", [
@@ -155,6 +156,26 @@ def test_bad_value_stops_the_command_in_one_line_before_deepspeed(tmp_path, cach
     assert proc.returncode == 2 and "python -m pretrain: train.batch_size=0: must be an integer >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr and "deepspeed" not in proc.stderr.lower()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_second_start_in_a_busy_run_directory_is_refused_and_writes_nothing_there(tmp_path, cache):
+    """Two starts in one directory would train side by side into the same checkpoints: the
+    second is refused naming the holder, before it renders, trains or saves its config there."""
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(command(run_dir, 200, 1), env=env(cache), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (run_dir / "metrics.jsonl").exists():
+            assert first.poll() is None and time.time() < deadline, "the first run did not start"
+            time.sleep(0.1)
+        saved = (run_dir / "hydra" / "config.yaml").read_text()
+        second = run(run_dir, cache, steps=200, extra=["optim.lr=0.01"], check=False)
+        assert second.returncode != 0 and f"is in use by another start (pid {first.pid} on" in second.stderr
+        assert (run_dir / "hydra" / "config.yaml").read_text() == saved and "lr: 0.002" in saved
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
 
 
 def test_a_fatal_error_ends_the_run_and_its_workers(tmp_path, cache):
@@ -250,7 +271,7 @@ def test_changed_config_is_refused_with_what_changed(tmp_path, cache):
     # the worker count decides which clips each logical stream reads: refused by the config check
     # (it used to pass it and fail later on the stream's fingerprint)
     proc = run(run_dir, cache, steps=6, extra=["data.num_workers=1"], check=False)
-    assert proc.returncode != 0 and "data.num_workers: 2 -> 1" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode != 0 and "stream.workers: 2 -> 1" in proc.stdout + proc.stderr, proc.stderr[-2000:]
     # what may change does not block resumption: more steps continue the run
     run(run_dir, cache, steps=6)
     assert sorted(losses(run_dir)) == list(range(1, 7))
@@ -309,6 +330,14 @@ def test_built_shards_refuse_the_landmark_objective_at_configuration(tmp_path, c
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "objective landmark_geometry needs landmarks" in proc.stderr and "temporal_margin" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_built_shards_refuse_a_window_longer_than_their_clips_in_one_line(tmp_path, cache, built_videos):
+    proc = subprocess.run([sys.executable, "-m", "pretrain", "data=shards", f"data.source={built_videos}",
+                           "objective=temporal", "data.frames=16", "data.stride=2", f"train.run_dir={tmp_path / 'run'}"],
+                          env=env(cache), cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "clips hold 16 frames, but frames=16 at stride=2 needs 31" in proc.stderr
 
 
 def test_built_shards_pretrain_with_the_shards_defaults(tmp_path, cache, built_videos):
