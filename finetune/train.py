@@ -33,6 +33,7 @@ from finetune.heads import IdentityAdversary, make_head
 from finetune.protocol import TEST_PART, fold_split, labelled_subset, parts_for
 from finetune.resume import config_view, conflicts
 from shards.batch import normalize
+from shards.runlock import lock_run_dir
 
 log = logging.getLogger("finetune")
 
@@ -284,6 +285,8 @@ def fit(cfg) -> dict:
         return out
 
     cfg = with_settings(cfg, run_dir=job_run_dir(cfg))
+    if int(os.environ.get("RANK", "0")) == 0:  # two starts here would train into the same checkpoints
+        lock_run_dir(cfg.run_dir)
     runs = {float(f): with_settings(cfg, label_fraction=float(f), sweep_fractions=[],
                                     run_dir=str(Path(cfg.run_dir) / f"fraction_{f:g}"))
             for f in cfg.sweep_fractions}  # fmt: skip

@@ -33,16 +33,10 @@ read of the checkpoint at each start.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
-import hashlib
 import json
 import logging
-import os
 import random
 import shutil
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +47,12 @@ from finetune.resume import conflicts as resume_conflicts
 from pretrain.config import digest
 from pretrain.distributed import any_rank, barrier, broadcast_object
 from shards.atomic import atomic_open, write_text_atomic
+from shards.runlock import RunInUse, lock_run_dir
+from shards.verify import sha256_of
 
 log = logging.getLogger("pretrain.checkpoint")
 INDEX = "complete.json"
 MARKER = "COMPLETE"
-LOCK = "run.lock"
 
 
 def rng_state() -> dict:
@@ -90,20 +85,11 @@ class NoUsableCheckpoint(SystemExit):
     """Every complete checkpoint of the run directory is damaged."""
 
 
-class RunInUse(SystemExit):
-    """Another start holds the run directory's lock."""
-
-
 class Damaged(Exception):
     """A checkpoint file is missing, unreadable or not what was saved: 'PATH: what is wrong'."""
 
 
 # ---------------------------------------------------------------- digests
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_digests(folder: Path) -> dict[str, dict]:
@@ -162,42 +148,6 @@ def verify(folder: Path) -> None:
 
 # ---------------------------------------------------------------- one start per run directory
 
-_held: dict[Path, int] = {}  # run directory -> the descriptor holding its lock, in this process
-
-
-def lock_run_dir(run_dir: str | Path) -> None:
-    """Hold RUN_DIR/run.lock (flock, exclusive) until this process exits or `unlock_run_dir`;
-    RunInUse, naming the holder, when another process holds it. A second call is a no-op.
-
-    The kernel drops a flock when its holder dies, so a lock file left by a killed run never
-    blocks: the file's content only says who holds it. On a network filesystem the lock holds
-    across nodes where the filesystem supports flock (NFSv4, Lustre mounted with -o flock);
-    where it does not, a warning says that two starts would not be stopped."""
-    run_dir = Path(run_dir).resolve()
-    if run_dir in _held:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a start still writing its name"
-        os.close(fd)
-        raise RunInUse(
-            f"{run_dir} is in use by another start ({holder}); two starts in one run directory would train "
-            "side by side and write the same checkpoints. Wait for it to end or stop it, or use another train.run_dir."
-        ) from None
-    except OSError as e:
-        os.close(fd)
-        log.warning("cannot lock %s (%s): a second start in this run directory would not be refused", path, e)
-        return
-    # Written in place, not replaced: the lock belongs to this file's inode.
-    holder = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S %z')}"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{holder}\n".encode(), 0)
-    _held[run_dir] = fd
-
 
 def lock_run_dir_on_rank0(run_dir: str | Path, rank: int) -> None:
     """`lock_run_dir` taken by rank 0, its refusal raised on every rank (a collective: all call it)."""
@@ -210,24 +160,6 @@ def lock_run_dir_on_rank0(run_dir: str | Path, rank: int) -> None:
     refusal = broadcast_object(refusal)  # every rank stops, not only rank 0
     if refusal:
         raise RunInUse(refusal)
-
-
-def unlock_run_dir(run_dir: str | Path) -> None:
-    fd = _held.pop(Path(run_dir).resolve(), None)
-    if fd is not None:
-        os.close(fd)  # the last descriptor of the lock's file: the kernel releases it
-
-
-def _forget_locks_in_child() -> None:
-    # A forked child (a DataLoader worker) shares the lock's open file: closing its copy, without
-    # unlocking, keeps a worker that outlives a killed run from holding the run directory.
-    for fd in _held.values():
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _held.clear()
-
-
-os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 # ---------------------------------------------------------------- checkpoints

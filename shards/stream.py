@@ -445,8 +445,13 @@ class ClipStream:
 
     def _probe(self) -> tuple[tuple[int, int], int]:
         """Frame size and AU count of the first readable sample, for sources without a manifest."""
-        meta, n_aus, _ = self._first_sample(0)
-        return tuple(meta["size"]), n_aus
+        for i in range(len(self.sources)):  # a mixture may start with an unreadable source
+            try:
+                meta, n_aus, _ = self._first_sample(i)
+                return tuple(meta["size"]), n_aus
+            except ValueError as e:
+                failure = e
+        raise failure
 
     def _first_sample(self, i: int) -> tuple[dict, int, dict]:
         """Metadata, AU count and members of source i's first readable clip (in its first 8

@@ -29,11 +29,8 @@ class ShardReport:
 
 
 def sha256_of(path: Path) -> str:
-    sha = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_sample(group: dict, n_aus: int, frame_size: list[int] | None, frames_per_clip: int) -> None:

@@ -14,9 +14,11 @@ from slurm.task import ChildTask
 def submit(args, overrides: list[str]):
     """Returns (job, run_dir). The run directory is fixed here, absolute: every attempt of the
     job resumes from the same one."""
+    from pretrain.config import check_values
     from pretrain.train import STOPPED_EXIT
 
     cfg = compose("pretrain", overrides)
+    check_values(cfg)  # a value that cannot run is refused here, not on the nodes after queueing
     run_dir = Path(cfg.train.run_dir).resolve()
     overrides = with_override(overrides, "train.run_dir", run_dir)
     tasks_per_node = args.tasks_per_node or max(1, args.gpus_per_node)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pretrain import checkpoint as ck
+from shards import runlock
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEW = {"model.arch": "mlp", "optim.lr": 0.01}
@@ -82,7 +83,7 @@ def world_of_one():
 @pytest.fixture
 def run_dir(tmp_path):
     yield tmp_path / "run"
-    ck.unlock_run_dir(tmp_path / "run")  # resume took it, for this process's life otherwise
+    runlock.unlock_run_dir(tmp_path / "run")  # resume took it, for this process's life otherwise
 
 
 @pytest.fixture
@@ -217,7 +218,7 @@ def test_two_ranks_cover_every_partition_and_fall_back_together(tmp_path):
 
 HOLDER = """
 import os, sys, time
-from pretrain.checkpoint import lock_run_dir
+from shards.runlock import lock_run_dir
 lock_run_dir(sys.argv[1])
 worker = os.fork()  # as a DataLoader worker is forked: it must not keep the lock
 if worker == 0:
@@ -234,16 +235,16 @@ def test_a_second_start_is_refused_naming_the_holder_until_the_holder_dies(run_d
     worker = int(holder.stdout.readline())  # the lock is held from here on
     try:
         who = f"pid {holder.pid} on {socket.gethostname()}"
-        with pytest.raises(ck.RunInUse, match=who):
-            ck.lock_run_dir(run_dir)
-        with pytest.raises(ck.RunInUse, match=who):  # as train.py's start meets it: before any checkpoint is read
+        with pytest.raises(runlock.RunInUse, match=who):
+            runlock.lock_run_dir(run_dir)
+        with pytest.raises(runlock.RunInUse, match=who):  # as train.py's start meets it: before any checkpoint is read
             ck.Checkpointer(run_dir, keep=2, rank=0, config_view=VIEW).resume(engine=None)
         holder.kill()  # SIGKILL: nothing unlocks, the lock file stays
         holder.wait()
         os.kill(worker, 0)  # its forked worker lives on
-        ck.lock_run_dir(run_dir)
+        runlock.lock_run_dir(run_dir)
         assert f"pid {os.getpid()} on " in (run_dir / "run.lock").read_text()
-        ck.lock_run_dir(run_dir)  # again in the same process: already held
+        runlock.lock_run_dir(run_dir)  # again in the same process: already held
     finally:
         holder.kill()
         os.kill(worker, signal.SIGKILL)

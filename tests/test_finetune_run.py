@@ -95,6 +95,19 @@ def test_bad_settings_are_refused_clearly(tmp_path, cache):
     assert proc.returncode != 0 and "task must be detection or intensity" in proc.stdout + proc.stderr
 
 
+def test_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path, cache):
+    from shards.runlock import lock_run_dir, unlock_run_dir
+
+    run_dir = tmp_path / "run"
+    lock_run_dir(run_dir)  # this process holds it, as a running job would
+    try:
+        proc = finetune(run_dir, cache, "backbone=resnet18", check=False)
+    finally:
+        unlock_run_dir(run_dir)
+    assert proc.returncode != 0 and f"is in use by another start (pid {os.getpid()} on" in proc.stderr
+    assert not (run_dir / "fold1").exists()
+
+
 def test_a_run_directory_of_another_configuration_is_refused(tmp_path, cache):
     """The 0.02 model's checkpoint must not be resumed and reported under label_fraction=1."""
     run_dir = tmp_path / "run"
