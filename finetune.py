@@ -23,5 +23,5 @@ def main(cfg) -> None:
 
 if __name__ == "__main__":
     if int(os.environ.get("RANK", "0")) != 0:
-        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]  # one rank writes the run's files
+        sys.argv += ["hydra/job_logging=stdout"]  # one rank writes the run's files
     main()

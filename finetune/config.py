@@ -7,6 +7,7 @@ fine-tuning reads those and BP4D, DISFA and CSV datasets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
@@ -72,3 +73,19 @@ class FinetuneConfig:
 
 def register() -> None:
     ConfigStore.instance().store(name="finetune_schema", node=FinetuneConfig)
+
+
+def save_run_config(cfg, run_dir: str | Path) -> None:
+    """The resolved config and the command's overrides, saved with the run (RUN_DIR/hydra/) once
+    the run directory is locked: Hydra's own saving (hydra.output_subdir) would come before the
+    lock and overwrite the files of a run that holds the directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from shards.atomic import write_text_atomic
+
+    folder = Path(run_dir) / "hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    if HydraConfig.initialized():
+        write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(list(HydraConfig.get().overrides.task)))

@@ -28,6 +28,7 @@ from torch import nn
 
 from finetune import report
 from finetune.backbone import load_backbone
+from finetune.config import save_run_config
 from finetune.frames import ClipDataset, FrameDataset, Frames, clip_windows, shard_frames
 from finetune.heads import IdentityAdversary, make_head
 from finetune.protocol import TEST_PART, fold_split, labelled_subset, parts_for
@@ -293,6 +294,8 @@ def fit(cfg) -> dict:
     for run in list(runs.values()) or [cfg]:
         for fold in folds_of(run):
             resumable_epoch(run, fold)
+    if int(os.environ.get("RANK", "0")) == 0:  # this run's own directory: its config is saved with it
+        save_run_config(cfg, cfg.run_dir)
     if not runs:
         return fit_one(cfg)
     results = {f: fit_one(run) for f, run in runs.items()}

@@ -17,11 +17,11 @@ from omegaconf import OmegaConf
 from pretrain import distributed
 from pretrain.augment import make_views, step_generator
 from pretrain.checkpoint import Checkpointer, lock_run_dir_on_rank0
+from finetune.config import save_run_config
 from pretrain.config import ConfigError, check_values, resume_view
 from pretrain.model import ClipEncoder
 from finetune.frames import align_clips
 from pretrain.objectives import PretrainModel, build_objectives, check_inputs
-from shards.atomic import write_text_atomic
 from shards.manifest import Manifest
 from shards.stream import STOP_SIGNALS, ClipStream, resize_frames
 
@@ -65,19 +65,6 @@ def end_after_fatal_error() -> None:
     for child in multiprocessing.active_children():
         child.kill()
         child.join(timeout=5)
-
-
-def save_run_config(cfg, run_dir: Path) -> None:
-    """The resolved config and the command's overrides, saved with the run (RUN_DIR/hydra/) once
-    the run directory is locked: Hydra's own saving (hydra.output_subdir) would come before the
-    lock and overwrite the files of a run that holds the directory."""
-    from hydra.core.hydra_config import HydraConfig
-
-    folder = run_dir / "hydra"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
-    if HydraConfig.initialized():
-        write_text_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(list(HydraConfig.get().overrides.task)))
 
 
 def lr_at(step: int, cfg, global_batch: int) -> float:
@@ -148,8 +135,6 @@ class Run:
         self.rank, self.world, self.device = distributed.init()
         self.run_dir = Path(cfg.train.run_dir)
         lock_run_dir_on_rank0(self.run_dir, self.rank)  # before anything is rendered or written
-        if self.rank == 0:
-            save_run_config(cfg, self.run_dir)
         self.source = data_source(cfg, self.rank)
         self.manifest = Manifest.load(self.source) if Path(self.source).exists() else None  # URLs: none
         size = cfg.data.resize or (self.manifest.frame_size[0] if self.manifest else 112)
@@ -200,6 +185,8 @@ class Run:
         self.ckpt = Checkpointer(self.run_dir, cfg.train.keep, self.rank, {**resume_view(cfg), **stream})
         self.step, self.samples = 0, 0
         state = self.ckpt.resume(self.engine)
+        if self.rank == 0:  # the directory is this run's (locked, and any checkpoint its own)
+            save_run_config(cfg, self.run_dir)
         if state is not None:
             self.step, self.samples = state["step"], state["samples"]
             self.stream.load_state_dict(state["stream"])

@@ -105,7 +105,7 @@ def test_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path, cache):
     finally:
         unlock_run_dir(run_dir)
     assert proc.returncode != 0 and f"is in use by another start (pid {os.getpid()} on" in proc.stderr
-    assert not (run_dir / "fold1").exists()
+    assert not (run_dir / "fold1").exists() and not (run_dir / "hydra").exists()  # nothing written there
 
 
 def test_a_run_directory_of_another_configuration_is_refused(tmp_path, cache):
@@ -117,6 +117,7 @@ def test_a_run_directory_of_another_configuration_is_refused(tmp_path, cache):
     assert proc.returncode != 0 and "resumed" not in out
     assert "holds a checkpoint of another configuration" in out and "label_fraction: 0.5 -> 1.0" in out
     assert json.loads((run_dir / "metrics.json").read_text())["setting"]["label_fraction"] == 0.5
+    assert "label_fraction: 0.5" in (run_dir / "hydra" / "config.yaml").read_text()  # the run's own config, kept
     # what does not change the computation may differ
     proc = finetune(run_dir, cache, "backbone=resnet18", "label_fraction=0.5", "data.num_workers=1")
     assert "resumed after epoch 1" in proc.stdout + proc.stderr

@@ -268,6 +268,7 @@ def test_changed_config_is_refused_with_what_changed(tmp_path, cache):
     proc = run(run_dir, cache, steps=6, extra=["optim.lr=0.01"], check=False)
     assert proc.returncode != 0
     assert "optim.lr: 0.002 -> 0.01" in proc.stdout + proc.stderr
+    assert "lr: 0.002" in (run_dir / "hydra" / "config.yaml").read_text()  # the refused start saved nothing
     # the worker count decides which clips each logical stream reads: refused by the config check
     # (it used to pass it and fail later on the stream's fingerprint)
     proc = run(run_dir, cache, steps=6, extra=["data.num_workers=1"], check=False)
