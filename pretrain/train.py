@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from pretrain import distributed
 from pretrain.augment import make_views, step_generator
 from pretrain.checkpoint import Checkpointer, lock_run_dir_on_rank0
+from pretrain.fatal import PeerFailures, end_after_fatal_error
 from finetune.config import save_run_config
 from pretrain.config import ConfigError, check_values, resume_view
 from pretrain.model import ClipEncoder
@@ -34,6 +35,7 @@ log = logging.getLogger("pretrain")
 # with STOPPED_EXIT so that a launcher knows to requeue it; the next start resumes there.
 STOPPED_EXIT = 75  # EX_TEMPFAIL: not finished, try again
 _stop_requested: list[int] = []
+_peers: PeerFailures | None = None  # this start's failure markers, once the run has its directory
 
 
 def request_stop(signum: int = signal.SIGTERM, frame=None) -> None:
@@ -48,23 +50,6 @@ def install_stop_handlers() -> None:
             signal.signal(sig, request_stop)
         except ValueError:  # not the main thread: the caller decides how to stop
             return
-
-
-def end_after_fatal_error() -> None:
-    """Make a failed run exit now. The data workers block the stop signals (see STOP_SIGNALS), so
-    at interpreter exit multiprocessing's SIGTERM could not end them and its join would wait
-    forever, holding the job's nodes; they are killed instead (SIGKILL cannot be blocked), and the
-    stop signals get their default action back so that a scheduler's SIGTERM ends this process."""
-    import multiprocessing
-
-    for sig in STOP_SIGNALS:
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except ValueError:  # not the main thread
-            break
-    for child in multiprocessing.active_children():
-        child.kill()
-        child.join(timeout=5)
 
 
 def lr_at(step: int, cfg, global_batch: int) -> float:
@@ -135,6 +120,8 @@ class Run:
         self.rank, self.world, self.device = distributed.init()
         self.run_dir = Path(cfg.train.run_dir)
         lock_run_dir_on_rank0(self.run_dir, self.rank)  # before anything is rendered or written
+        global _peers
+        _peers = PeerFailures(self.run_dir, self.rank, self.world)
         self.source = data_source(cfg, self.rank)
         self.manifest = Manifest.load(self.source) if Path(self.source).exists() else None  # URLs: none
         size = cfg.data.resize or (self.manifest.frame_size[0] if self.manifest else 112)
@@ -304,7 +291,9 @@ def fit(cfg) -> dict:
     check_values(cfg)
     try:
         return _fit(cfg)
-    except BaseException:
+    except BaseException as e:
+        if _peers is not None:  # the peers, blocked in a collective, end on seeing it
+            _peers.report(e)
         end_after_fatal_error()
         raise
 

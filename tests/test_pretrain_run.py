@@ -198,6 +198,32 @@ def test_a_fatal_error_ends_the_run_and_its_workers(tmp_path, cache):
     assert "bad samples in a row" in proc.stderr and time.time() - started < 100
 
 
+def test_when_one_rank_fails_its_peers_end_too(tmp_path, cache):
+    """Two ranks; rank 1 fails (one of its data workers is killed, so its stream raises). Rank 0,
+    blocked in a collective that can no longer complete, must not wait for a launcher's SIGKILL
+    (or, under SLURM, the process group's timeout): it sees rank 1's failure marker and ends."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(command(run_dir, 200, 2), env=env(cache), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while max(losses(run_dir), default=0) < 2 if (run_dir / "metrics.jsonl").exists() else True:
+            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be broken"
+            time.sleep(0.1)
+        ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(proc.pid).children()}
+        ranks[1].children()[0].kill()  # a data worker of rank 1
+        broken = time.time()
+        out = proc.communicate(timeout=120)[0]
+        ended = time.time() - broken
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and "rank1 failed (RuntimeError: DataLoader worker" in out, out[-3000:]
+    assert ended < 20, f"the run took {ended:.0f}s to end (torchrun's own grace is 30s)"
+
+
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_killed_run_resumes_to_the_same_losses(tmp_path, tmp_path_factory, cache, ranks):
     """A run killed after step 4 resumes from its step-3 checkpoint and logs, step by step, the
