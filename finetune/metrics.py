@@ -1,6 +1,6 @@
 """AU metrics: occurrence F1 per AU, intensity ICC(3,1), MAE and Pearson's r, and a printable table.
 
-Conventions (REFERENCE.md, Protocols):
+Conventions (every evaluation of the fine-tuning protocols follows them):
 
 * Inputs are arrays `[N, A]` (frames by AUs), numpy or torch (any device; they are copied to
   host numpy float64). A 1-D input `[N]` is taken as one AU, `[N, 1]`. Every function returns a
@@ -30,11 +30,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["f1_per_au", "mean_f1", "icc31", "mae", "pearson", "au_table"]
+__all__ = ["as_2d", "nanmean", "f1_per_au", "mean_f1", "icc31", "mae", "pearson", "table_cell", "au_table"]
 
 
-def _as_2d(x: Any, name: str) -> np.ndarray:
-    """`x` as a float64 numpy array `[N, A]` (torch tensors are detached and moved to host)."""
+def as_2d(x: Any, name: str) -> np.ndarray:
+    """`x` as a float64 numpy array `[N, A]` (torch tensors are detached and moved to host).
+
+    A 1-D `x` `[N]` is one AU, `[N, 1]`; any other shape raises `ValueError` naming `name`.
+    """
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
         x = x.detach().to("cpu").numpy()
     a = np.asarray(x, dtype=np.float64)
@@ -46,13 +49,14 @@ def _as_2d(x: Any, name: str) -> np.ndarray:
 
 
 def _pair(a: Any, b: Any, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _as_2d(a, names[0]), _as_2d(b, names[1])
+    x, y = as_2d(a, names[0]), as_2d(b, names[1])
     if x.shape != y.shape:
         raise ValueError(f"{names[0]} and {names[1]} differ in shape: {x.shape} vs {y.shape}")
     return x, y
 
 
-def _nanmean(v: np.ndarray) -> float:
+def nanmean(v: Any) -> float:
+    """The mean of the values of `v` that are not NaN (`None` in a list counts as NaN); NaN if none is."""
     v = np.asarray(v, dtype=np.float64)
     finite = v[~np.isnan(v)]
     return float(finite.mean()) if finite.size else math.nan
@@ -89,7 +93,7 @@ def f1_per_au(prob_or_pred: Any, labels: Any, threshold: float = 0.5) -> np.ndar
 
 def mean_f1(prob_or_pred: Any, labels: Any, threshold: float = 0.5) -> float:
     """Mean over AUs of `f1_per_au`, AUs with no known label (NaN) skipped; NaN if all are."""
-    return _nanmean(f1_per_au(prob_or_pred, labels, threshold))
+    return nanmean(f1_per_au(prob_or_pred, labels, threshold))
 
 
 def _known_target(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,6 +170,18 @@ def pearson(pred: Any, target: Any) -> np.ndarray:
     return out
 
 
+def table_cell(value: Any, std: Any = None, *, missing: str = "nan") -> str:
+    """A number as a table cell: three decimals, `missing` for None or NaN.
+
+    With `std` (a number that is not NaN), "value ± std", e.g. a mean over folds and its
+    standard deviation over them.
+    """
+    if value is None or math.isnan(float(value)):
+        return missing
+    text = f"{float(value):.3f}"
+    return text if std is None or math.isnan(float(std)) else f"{text} ± {float(std):.3f}"
+
+
 def au_table(names: Any, **columns: Any) -> str:
     """A printable per-AU table: one row per AU, one column per keyword, and a `mean` row.
 
@@ -182,7 +198,7 @@ def au_table(names: Any, **columns: Any) -> str:
     labels = [str(n) for n in names]
     cols: dict[str, np.ndarray] = {}
     for title, values in columns.items():
-        v = _as_2d(values, title)
+        v = as_2d(values, title)
         if v.shape[1] != 1 and v.shape[0] == 1:
             v = v.T
         v = v[:, 0] if v.shape[1] == 1 else None
@@ -190,12 +206,9 @@ def au_table(names: Any, **columns: Any) -> str:
             raise ValueError(f"au_table: column {title!r} must have one value per AU ({len(labels)})")
         cols[title] = v
 
-    def cell(x: float) -> str:
-        return "nan" if math.isnan(x) else f"{x:.3f}"
-
     rows = [["AU", *cols]]
-    rows += [[label, *(cell(float(v[i])) for v in cols.values())] for i, label in enumerate(labels)]
-    rows.append(["mean", *(cell(_nanmean(v)) for v in cols.values())])
+    rows += [[label, *(table_cell(v[i]) for v in cols.values())] for i, label in enumerate(labels)]
+    rows.append(["mean", *(table_cell(nanmean(v)) for v in cols.values())])
     widths = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))]
     lines = []
     for r in rows:

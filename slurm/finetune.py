@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import re
 import sys
@@ -67,17 +66,13 @@ def submit(args, overrides: list[str]):
     return jobs, summary_job, root
 
 
-def _cell(value, std=None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.3f}" if std is None or math.isnan(std) else f"{value:.3f} ± {std:.3f}"
-
-
 def summarise(root: str, runs: list[dict]) -> str:
     """Every run's mean metrics, and per backbone and label fraction their mean ± std over
-    folds (finetune.report.combine_folds); writes ROOT/summary.md and ROOT/summary.json and
+    folds (finetune.folds.combine_folds); writes ROOT/summary.md and ROOT/summary.json and
     returns the table."""
-    from finetune import report
+    from finetune.folds import combine_folds
+    from finetune.metrics import table_cell
+    from finetune.report import write_metrics
 
     groups: dict[tuple, dict[int, dict]] = {}
     for run in runs:
@@ -93,16 +88,17 @@ def summarise(root: str, runs: list[dict]) -> str:
     for (backbone, fraction), folds in groups.items():
         for fold, result in sorted(folds.items()):
             rows.append({"backbone": backbone, "label_fraction": fraction, "fold": str(fold), **result["mean"]})
-            lines.append(f"| {backbone} | {fraction:g} | {fold} | " + " | ".join(_cell(result["mean"].get(m)) for m in metrics) + " |")
-        combined = report.combine_folds(folds)
+            cells = " | ".join(table_cell(result["mean"].get(m), missing="n/a") for m in metrics)
+            lines.append(f"| {backbone} | {fraction:g} | {fold} | {cells} |")
+        combined = combine_folds(folds)
         rows.append({"backbone": backbone, "label_fraction": fraction, "fold": "mean", **combined["mean"],
                      **{f"{m}_std": v for m, v in combined["fold_std"].items()}})  # fmt: skip
-        lines.append(f"| {backbone} | {fraction:g} | mean of {len(folds)} | " +
-                     " | ".join(_cell(combined["mean"].get(m), combined["fold_std"].get(m)) for m in metrics) + " |")  # fmt: skip
+        cells = " | ".join(table_cell(combined["mean"].get(m), combined["fold_std"].get(m), missing="n/a") for m in metrics)
+        lines.append(f"| {backbone} | {fraction:g} | mean of {len(folds)} | {cells} |")
     table = "\n".join(lines) + "\n"
     out = Path(root)
     (out / "summary.md").write_text(table)
-    report.write_metrics(out / "summary.json", {"metrics": metrics, "rows": rows})
+    write_metrics(out / "summary.json", {"metrics": metrics, "rows": rows})
     return table
 
 

@@ -1,5 +1,6 @@
-"""finetune.report: evaluation dicts against finetune.metrics, train-only threshold tuning, fold
-means, atomic metrics.json, the table, and PNGs that exist, open and show something."""
+"""finetune.evaluation, .folds, .report and .plots: evaluation dicts against finetune.metrics,
+train-only threshold tuning, fold means, atomic metrics.json, the table, and PNGs that exist,
+open and show something."""
 
 from __future__ import annotations
 
@@ -11,16 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from finetune.evaluation import THRESHOLD_GRID, evaluate
+from finetune.folds import combine_folds
 from finetune.metrics import f1_per_au, icc31, mae, pearson
-from finetune.report import (
-    THRESHOLD_GRID,
-    combine_folds,
-    evaluate,
-    plot_label_fraction,
-    plot_per_au,
-    print_table,
-    write_metrics,
-)
+from finetune.plots import plot_label_fraction, plot_per_au
+from finetune.report import print_table, write_metrics
 
 BP4D = [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24]
 
