@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pretrain.views import View
+
 
 def step_generator(seed: int, step: int, rank: int, micro: int, device) -> torch.Generator:
     g = torch.Generator(device=device)
@@ -78,10 +80,10 @@ def augment(frames: torch.Tensor, g: torch.Generator, strength: float = 1.0, fra
 
 def make_views(frames_u8: torch.Tensor, frame_index: torch.Tensor, mean, std, g: torch.Generator,
                length: int, augmented: bool = True, frame_jitter: float = 0.0, strength: float = 1.0,
-               landmarks: torch.Tensor | None = None) -> list[dict]:  # fmt: skip
-    """Two views of every clip: {"frames": normalised float [B, L, 3, H, W], "time": [B, L]}, and
-    with `landmarks` [B, T, P, 2] their rows for the view's frames under "landmarks" (as they
-    were before augmentation: objectives predict the aligned face, not the crop)."""
+               landmarks: torch.Tensor | None = None) -> list[View]:  # fmt: skip
+    """Two views of every clip: `input` normalised float [B, L, 3, H, W], `time` [B, L], and with
+    `landmarks` [B, T, P, 2] their rows for the view's frames (as they were before augmentation:
+    objectives predict the aligned face, not the crop)."""
     b, t = frames_u8.shape[:2]
     dev = frames_u8.device
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=dev).view(1, 1, 3, 1, 1)
@@ -95,7 +97,7 @@ def make_views(frames_u8: torch.Tensor, frame_index: torch.Tensor, mean, std, g:
         if augmented:
             x = augment(x, g, strength=strength, frame_jitter=frame_jitter)
         time = torch.gather(frame_index.to(dev), 1, idx).float()
-        views.append({"frames": (x - mean_t) / std_t, "time": time - time[:, :1]})
-        if landmarks is not None:
-            views[-1]["landmarks"] = torch.gather(landmarks, 1, idx.view(b, length, 1, 1).expand(-1, -1, *landmarks.shape[2:]))
+        rows = None if landmarks is None else idx.view(b, length, 1, 1).expand(-1, -1, *landmarks.shape[2:])
+        views.append(View(input=(x - mean_t) / std_t, time=time - time[:, :1],
+                          landmarks=None if landmarks is None else torch.gather(landmarks, 1, rows)))  # fmt: skip
     return views

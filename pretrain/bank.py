@@ -8,7 +8,7 @@ slots; `mine` returns, per anchor, cross-identity positives and identity-hard ne
 surely another AU state; `negatives_from="nearest"` takes the nearest instead, the ones identity
 holds close, which often share the anchor's AU state: on the toy world of
 tests/test_cross_identity.py they left identity-probe accuracy at 0.56 where the farthest gave 0.21.
-`PretrainModel` mines once a step for every objective that asks (`mines = True`); by hand:
+`PretrainModel` mines once a step when an objective asks (`Objective.mines`); by hand:
 
     mined = bank.mine(z, batch.identity, k, video=batch.video, clip=clip_ids(batch.keys))
     mined.positives.embedding  # [B, L, k, D], mined.positives.valid [B, L, k]
@@ -36,9 +36,9 @@ import logging
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from pretrain.config import MiningConfig
+from pretrain.distributed import all_gather_rows
 from pretrain.mining import (ExactSearch, IVFSearch, Mined, cross_identity_positives, default_nlist,
                              identity_hard_negatives)  # fmt: skip
 from shards.format import stable_id
@@ -55,21 +55,6 @@ def clip_ids(keys: list[str]) -> torch.Tensor:
 class Mining:
     positives: Mined  # cross-identity: nearest entries of another identity
     negatives: Mined  # identity-hard: farthest (or nearest) entries of the same identity, another clip
-
-
-def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows of every rank, concatenated in rank order; ranks may hold different row counts."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[: x.shape[0]] = x
-    out = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(out, padded)
-    return torch.cat([o[:s] for o, s in zip(out, sizes)])
 
 
 class MemoryBank:

@@ -9,7 +9,9 @@ Layout under `RUN_DIR/`:
                  rank_00000.json ...   each rank's own state: step, samples seen, data stream
                                         position, torch/numpy/python RNG states
                  bank.safetensors       state every rank holds alike (the memory bank), by rank 0
-                 run.json               the config entries resumption depends on, and their digest
+                 run.json               the config entries resumption depends on, their digest, and
+                                        what the run derived from them (pretrain.provenance), which
+                                        publishing reads
                  COMPLETE               written last, by rank 0, once every rank has saved: the
                                         step, and the size and sha256 of every other file here
       complete.json         the complete tags, oldest first (replaced atomically)
@@ -166,9 +168,9 @@ def lock_run_dir_on_rank0(run_dir: str | Path, rank: int) -> None:
 
 
 class Checkpointer:
-    def __init__(self, run_dir: str | Path, keep: int, rank: int, config_view: dict):
+    def __init__(self, run_dir: str | Path, keep: int, rank: int, config_view: dict, provenance: dict | None = None):
         self.root = Path(run_dir) / "checkpoints"
-        self.keep, self.rank, self.view = max(1, keep), rank, config_view
+        self.keep, self.rank, self.view, self.provenance = max(1, keep), rank, config_view, provenance
         self.root.mkdir(parents=True, exist_ok=True)
         self.resumed_from: Path | None = None
 
@@ -204,7 +206,8 @@ class Checkpointer:
             for name, tensors in (shared or {}).items():
                 with atomic_open(folder / f"{name}.safetensors") as f:
                     f.write(safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
-            write_text_atomic(folder / "run.json", json.dumps({"config": self.view, "digest": digest(self.view)}))
+            run = {"config": self.view, "digest": digest(self.view), "provenance": self.provenance}
+            write_text_atomic(folder / "run.json", json.dumps(run))
             earlier = self.complete_tags()  # before this tag's marker: a first save rebuilds nothing
             write_text_atomic(folder / MARKER, json.dumps({"step": step, "files": file_digests(folder)}))
             tags = [t for t in earlier if t != tag] + [tag]

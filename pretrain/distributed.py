@@ -63,3 +63,43 @@ def any_rank(flag: bool, device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+# ---------------------------------------------------------------- collectives of the objectives and the bank
+# Each is the identity in a world of one, so the same code trains one process and many.
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' rows of x (this rank's keep their gradient) and the offset of this rank's rows."""
+    if _world() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0), dist.get_rank() * x.shape[0]
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of x (a copy; no gradient)."""
+    if _world() > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows of every rank, concatenated in rank order; ranks may hold different row counts (no gradient)."""
+    if _world() == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    out = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:s] for o, s in zip(out, sizes)])

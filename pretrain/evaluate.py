@@ -18,23 +18,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finetune.frames import face_crops
 from finetune.probe import identity_probe, knn_probe, linear_probe
 from finetune.protocol import labelled_subset
 from shards.batch import normalize
+from shards.geometry import face_crops
 from shards.manifest import Manifest
 from shards.stream import ClipStream
 
 
 @torch.no_grad()
-def extract(encoder, source, split: str | None, clips: int | None, frames: int, resize: int | None,
+def extract(encoder, source, split: str | None, clips: int | None, frames: int, size: int,
             mean, std, device, batch_size: int = 32, stride: int = 1) -> dict[str, np.ndarray]:  # fmt: skip
     """Per-frame backbone features, AU embeddings, AU occurrence labels and identities of the
     first `clips` clips of a split (all when None), read once in manifest order. Frames are
     aligned by their landmarks where the shards have them, as fine-tuning aligns them."""
     stream = ClipStream(source, split=split, frames=frames, stride=stride, batch_size=batch_size, mode="exact",
                         rank=0, world=1, num_workers=0)  # fmt: skip
-    size = resize or stream.cfg.size[0]
     n_batches = len(stream) if clips is None else min(len(stream), -(-clips // batch_size))
     out = {"features": [], "au": [], "occ": [], "identity": [], "clip": []}
     was_training = encoder.training
@@ -56,14 +55,15 @@ def extract(encoder, source, split: str | None, clips: int | None, frames: int, 
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
-def probe_encoder(encoder, cfg, source, mean, std, device) -> dict[str, float]:
-    """The three probes on one encoder, as flat numbers for logging."""
+def probe_encoder(encoder, cfg, source, image_size: int, mean, std, device) -> dict[str, float]:
+    """The three probes on one encoder, as flat numbers for logging, on frames of `image_size`
+    (the run's provenance: what the encoder trained on)."""
     ev, data = cfg.eval, cfg.data
     manifest = Manifest.load(source) if Path(source).exists() else None
     stride = max(1, manifest.frames_per_clip // ev.frames) if manifest else 1  # frames spread over the clip
-    train = extract(encoder, source, data.train_split, ev.probe_clips, ev.frames, data.resize, mean, std, device,
+    train = extract(encoder, source, data.train_split, ev.probe_clips, ev.frames, image_size, mean, std, device,
                     stride=stride)  # fmt: skip
-    test = extract(encoder, source, data.eval_split, None, ev.frames, data.resize, mean, std, device, stride=stride)
+    test = extract(encoder, source, data.eval_split, None, ev.frames, image_size, mean, std, device, stride=stride)
     draws = {}
     for seed in ev.label_seeds:
         labelled, _ = labelled_subset(np.arange(len(train["occ"])), ev.label_fraction, seed)

@@ -24,16 +24,15 @@ import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from finetune.hub import CARD_NAME, CONFIG_NAME, INDEX_NAME, INDEX_SCHEMA, MODEL_NAME, HubError, parse_index
+from pretrain.provenance import Provenance
 from shards.atomic import write_text_atomic
-from shards.manifest import MANIFEST_NAME
 from shards.verify import sha256_of
 
 PREFIX = "encoder.backbone."  # where the frame backbone sits in the trained PretrainModel
@@ -141,33 +140,18 @@ def backbone_config(encoder, image_size: int, mean, std, auforge: dict) -> dict:
     }
 
 
-def data_name(source: str | None, manifest) -> str | None:
-    """What the data is called, without where it lies on the publishing machine (nor a URL's host
-    or query): the manifest's name, else the source's folder or file name."""
-    name = manifest.name if manifest is not None else source
-    if not name:
-        return None
-    path = PurePosixPath(urlparse(name).path.replace("\\", "/"))
-    return (path.parent.name if path.name == MANIFEST_NAME else path.name) or None
-
-
-def auforge_block(cfg, source: str | None, manifest, steps: int, samples: int, results: dict,
+def auforge_block(objectives: dict, provenance: Provenance, steps: int, samples: int, results: dict,
                   identity_source: str | None = None) -> dict:  # fmt: skip
-    """The provenance a published backbone carries: what it was trained on, with what, how long;
+    """The provenance a published backbone carries: what it was trained on (a name and the
+    manifest's digest say what the data was, not where it lay), with what, how long;
     `identity_source`: what cross-identity mining took for identity (see `MemoryBank`)."""
-    from omegaconf import OmegaConf
-
-    from pretrain.train import code_version
-
     return {
-        "objectives": OmegaConf.to_container(cfg.objectives, resolve=True),
+        "objectives": objectives,
         **({"identity_source": identity_source} if identity_source else {}),
-        # a name and the manifest's digest say what the data was, not where it lay on this machine
-        "data": {"kind": cfg.data.kind, "name": data_name(source, manifest), "split": cfg.data.train_split,
-                 "manifest_digest": manifest.digest() if manifest else None},  # fmt: skip
+        "data": provenance.data,
         "steps": steps,
         "samples_seen": samples,
-        "code_version": code_version(),
+        "code_version": provenance.code_version,
         "evaluation": results,
     }
 
@@ -382,29 +366,28 @@ def _probe_results(run_dir: Path, step: int) -> dict:
 
 def publish_checkpoint(path: str | Path, name: str, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Publish a run's checkpoint (any ZeRO stage) as the fp32 frame backbone."""
-    from omegaconf import OmegaConf
-
     from pretrain.bank import saved_identity_source
-    from pretrain.model import backbone_args
-    from pretrain.train import data_source
-    from shards.manifest import Manifest
+    from finetune.backbone import backbone_args
 
     root, tag = find_checkpoint(path)
-    # The config comes from the checkpoint itself (run.json: every setting the weights depend on),
-    # so a checkpoint copied away from its run directory still publishes.
-    cfg = OmegaConf.create(_unflatten(json.loads((root / tag / "run.json").read_text())["config"]))
+    # The config and what the run derived from it and its data come from the checkpoint itself
+    # (run.json), so a checkpoint copied away from its run directory, or whose data is gone, still
+    # publishes, with the values it was trained with.
+    run = json.loads((root / tag / "run.json").read_text())
+    if "provenance" not in run:
+        raise ValueError(f"{root / tag}: run.json has no provenance (saved by an older auforge); publish it with that version")
+    cfg, provenance = _unflatten(run["config"]), Provenance.from_dict(run["provenance"], str(root / tag / "run.json"))
     rank0 = json.loads((root / tag / "rank_00000.json").read_text())
-    source = data_source(cfg, rank=0)
-    manifest = Manifest.load(source) if Path(source).exists() else None
-    image_size = cfg.data.resize or (manifest.frame_size[0] if manifest else 112)
-    arch, model_args = cfg.model.arch, backbone_args(cfg.model.arch, image_size)
+    image_size = provenance.image_size
+    arch = cfg["model"]["arch"]
+    model_args = backbone_args(arch, image_size)
     state, model = timm_backbone_state(checkpoint_state(root, tag), arch, model_args, str(root / tag))
     encoder = SimpleNamespace(arch=arch, num_features=model.num_features, model_args=model_args, backbone=model)
     pcfg = model.pretrained_cfg
     results = _probe_results(root.parent, rank0["step"])
     bank = root / tag / "bank.safetensors"
     identity = saved_identity_source(load_file(str(bank))) if bank.exists() else None
-    auforge = auforge_block(cfg, source, manifest, rank0["step"], rank0["samples"], results, identity_source=identity)
+    auforge = auforge_block(cfg["objectives"], provenance, rank0["step"], rank0["samples"], results, identity_source=identity)
     auforge["checkpoint"] = tag
     config = backbone_config(encoder, image_size, pcfg["mean"], pcfg["std"], auforge)
     return publish_backbone(out_dir, name, state, config, overwrite=overwrite)

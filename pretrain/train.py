@@ -21,8 +21,9 @@ from pretrain.fatal import PeerFailures, end_after_fatal_error
 from finetune.config import save_run_config
 from pretrain.config import ConfigError, check_values, resume_view
 from pretrain.model import ClipEncoder
-from finetune.frames import align_clips
-from pretrain.objectives import PretrainModel, build_objectives, check_inputs
+from pretrain.objectives import PretrainModel, build_objectives, check_inputs, mines
+from pretrain.provenance import Provenance
+from shards.geometry import align_clips
 from shards.manifest import Manifest
 from shards.stream import STOP_SIGNALS, ClipStream, resize_frames
 
@@ -123,9 +124,8 @@ class Run:
         global _peers
         _peers = PeerFailures(self.run_dir, self.rank, self.world)
         self.source = data_source(cfg, self.rank)
-        self.manifest = Manifest.load(self.source) if Path(self.source).exists() else None  # URLs: none
-        size = cfg.data.resize or (self.manifest.frame_size[0] if self.manifest else 112)
-        self.image_size = size
+        manifest = Manifest.load(self.source) if Path(self.source).exists() else None  # URLs: none
+        self.provenance = Provenance.derive(cfg, self.source, manifest)
         # Aligned frames are warped from the decoded ones on the device (the landmarks are in
         # their pixels), so the workers do not resize them first.
         self.align = cfg.train.align
@@ -145,31 +145,32 @@ class Run:
         if cfg.eval.enabled and not self.probes:
             log.warning("%s carries no AU labels: the AU probes are skipped", self.source)
         split = cfg.data.eval_split
-        if self.probes and self.manifest and split and split not in self.manifest.splits:
-            raise ConfigError(f"data.eval_split={split}: {self.source} has the splits {sorted(self.manifest.splits)}; "
+        if self.probes and manifest and split and split not in manifest.splits:
+            raise ConfigError(f"data.eval_split={split}: {self.source} has the splits {sorted(manifest.splits)}; "
                               "build with --heldout above 0 for probes on unseen people, or set data.eval_split=null")  # fmt: skip
-        encoder = build_encoder(cfg, size)
+        encoder = build_encoder(cfg, self.provenance.image_size)
         self.mean, self.std = encoder.backbone.pretrained_cfg["mean"], encoder.backbone.pretrained_cfg["std"]
         objectives, weights = build_objectives(OmegaConf.to_container(cfg.objectives, resolve=True), cfg.model.embed_dim,
                                                encoder.num_features)  # fmt: skip
-        # Inputs go channels-last (ClipEncoder); weights stay contiguous, as DeepSpeed's
-        # broadcasts and ZeRO's flat buffers need.
-        model = PretrainModel(encoder, objectives, weights).to(self.device)
-        if model.mines:  # a plain attribute, not a module: DeepSpeed neither syncs nor saves it
+        bank = None
+        if mines(objectives):
             from pretrain.bank import MemoryBank
 
-            model.bank = MemoryBank.from_config(OmegaConf.to_object(cfg.mining), cfg.model.embed_dim, self.device)
+            bank = MemoryBank.from_config(OmegaConf.to_object(cfg.mining), cfg.model.embed_dim, self.device)
+        # Inputs go channels-last (ClipEncoder); weights stay contiguous, as DeepSpeed's
+        # broadcasts and ZeRO's flat buffers need.
+        model = PretrainModel(encoder, objectives, weights, bank).to(self.device)
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=0.0,
                                            betas=tuple(cfg.optim.betas))  # fmt: skip
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=self.optimizer, config=deepspeed_config(cfg, self.device.type == "cuda")
         )
         self.global_batch = cfg.train.batch_size * self.world * cfg.optim.grad_accum
-        self.view_length = max(2, (cfg.data.frames * 3) // 4)
         # One rule for resuming: the config entries, and what the stream's position depends on
         # (its worker count, the world size, the shards: the same on every rank but the rank).
         stream = {f"stream.{k}": v for k, v in self.stream.fingerprint().items() if k != "rank"}
-        self.ckpt = Checkpointer(self.run_dir, cfg.train.keep, self.rank, {**resume_view(cfg), **stream})
+        self.ckpt = Checkpointer(self.run_dir, cfg.train.keep, self.rank, {**resume_view(cfg), **stream},
+                                 provenance=self.provenance.to_dict())  # fmt: skip
         self.step, self.samples = 0, 0
         state = self.ckpt.resume(self.engine)
         if self.rank == 0:  # the directory is this run's (locked, and any checkpoint its own)
@@ -191,7 +192,7 @@ class Run:
     def train_step(self, batches) -> dict[str, float]:
         """One optimizer step over `grad_accum` micro-batches; returns losses and timings."""
         cfg = self.cfg
-        times = {"data": 0.0, "views": 0.0, "forward": 0.0, "objectives": 0.0, "backward": 0.0, "optimizer": 0.0}
+        times = {"data": 0.0, "views": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
         bf16 = self.device.type == "cuda" and cfg.deepspeed.bf16
         lr = lr_at(self.step + 1, cfg, self.global_batch)
         for group in self.optimizer.param_groups:
@@ -204,16 +205,14 @@ class Run:
             g = step_generator(cfg.train.seed, self.step + 1, self.rank, micro, self.device)
             frames, landmarks = batch.frames, None
             if self.align and batch.landmarks is not None:
-                frames, landmarks = align_clips(batch.frames, batch.landmarks, self.image_size)
-            elif self.align and frames.shape[-1] != self.image_size:  # shards without landmarks
-                frames = resize_frames(frames, self.image_size)
-            views = make_views(frames, batch.frame_index, self.mean, self.std, g, self.view_length, cfg.train.augment,
+                frames, landmarks = align_clips(batch.frames, batch.landmarks, self.provenance.image_size)
+            elif self.align and frames.shape[-1] != self.provenance.image_size:  # shards without landmarks
+                frames = resize_frames(frames, self.provenance.image_size)
+            views = make_views(frames, batch.frame_index, self.mean, self.std, g, self.provenance.view_length, cfg.train.augment,
                                cfg.train.frame_jitter, cfg.train.augment_strength, landmarks)  # fmt: skip
             marks.append(self._clock())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                encoded = self.model.encode(views)
-                marks.append(self._clock())
-                total, losses = self.model.objectives_loss(batch, encoded)
+                total, losses = self.engine(views, batch)  # PretrainModel.forward: encode, mine, score
             marks.append(self._clock())
             self.engine.backward(total)
             marks.append(self._clock())
@@ -244,7 +243,8 @@ class Run:
 
         results = {}
         if self.rank == 0 and self.probes:
-            results = probe_encoder(self.model.encoder, self.cfg, self.source, self.mean, self.std, self.device)
+            results = probe_encoder(self.model.encoder, self.cfg, self.source, self.provenance.image_size, self.mean,
+                                    self.std, self.device)  # fmt: skip
         distributed.barrier()
         return results
 
@@ -258,29 +258,16 @@ class Run:
                 writer.add_scalar(key, value, self.step)
 
 
-def code_version() -> str:
-    from importlib.metadata import version
-
-    commit = ""
-    try:
-        import subprocess
-
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"auforge {version('auforge')}" + (f" ({commit})" if commit else "")
-
-
 def publish(run: Run, results: dict) -> Path:
     """The final weights into RUN_DIR/published/NAME (card and index entry included), replacing
     an earlier publication of this run."""
     from pretrain.publish import auforge_block, backbone_config, backbone_state, publish_backbone
 
     bank = run.model.bank
-    auforge = auforge_block(run.cfg, run.source, run.manifest, run.step, run.samples, results,
+    objectives = OmegaConf.to_container(run.cfg.objectives, resolve=True)
+    auforge = auforge_block(objectives, run.provenance, run.step, run.samples, results,
                             identity_source=bank.identity_source if bank else None)  # fmt: skip
-    config = backbone_config(run.model.encoder, run.image_size, run.mean, run.std, auforge)
+    config = backbone_config(run.model.encoder, run.provenance.image_size, run.mean, run.std, auforge)
     state = backbone_state(run.model.encoder.backbone)
     return publish_backbone(run.run_dir / "published", run.cfg.train.publish_name, state, config, overwrite=True)
 
@@ -342,9 +329,10 @@ def _fit(cfg) -> dict:
     if lead and results and cfg.eval.random_baseline:
         from pretrain.evaluate import probe_encoder
 
-        baseline = build_encoder(cfg, run.image_size).to(run.device)
+        baseline = build_encoder(cfg, run.provenance.image_size).to(run.device)
         results.update({f"random_init/{k.split('/', 1)[1]}": v for k, v in
-                        probe_encoder(baseline, cfg, run.source, run.mean, run.std, run.device).items()})  # fmt: skip
+                        probe_encoder(baseline, cfg, run.source, run.provenance.image_size, run.mean, run.std,
+                                      run.device).items()})  # fmt: skip
     run.log(results, writer)
     if lead:
         folder = publish(run, results)

@@ -16,8 +16,9 @@ from torch import nn
 
 from finetune.probe import identity_probe, linear_probe
 from pretrain.bank import MemoryBank, clip_ids
-from pretrain.cross_identity import CrossIdentity, CrossIdentityReconstruction, IdentityAdversarial
+from pretrain.objectives.cross_identity import CrossIdentity, CrossIdentityReconstruction, IdentityAdversarial
 from pretrain.objectives import PretrainModel, build_objectives
+from pretrain.views import Encoded, View
 
 DIM = 16
 
@@ -38,14 +39,9 @@ def clip_batch(identity, video=None, names=None) -> SimpleNamespace:
                            keys=keys, valid=torch.ones(len(identity), dtype=torch.bool))  # fmt: skip
 
 
-def encoded_of(au_views, features=None, inputs=None) -> dict:
-    views = []
-    for i, au in enumerate(au_views):
-        view = {"au": au, "features": au if features is None else features[i], "clip": au.mean(1)}
-        if inputs is not None:
-            view["input"] = inputs[i]
-        views.append(view)
-    return {"views": views}
+def encoded_of(au_views, features=None, inputs=None) -> Encoded:
+    return Encoded([View(au=au, features=au if features is None else features[i], clip=au.mean(1),
+                         input=None if inputs is None else inputs[i]) for i, au in enumerate(au_views)])  # fmt: skip
 
 
 def filled(bank: MemoryBank, n: int, identities: int, gen) -> MemoryBank:
@@ -82,11 +78,11 @@ def test_cross_identity_matches_its_formula():
     # identity 1: two clips, each the other's batch negatives; identity 7: none of its own in the bank
     encoded, batch = encoded_of(views), clip_batch([0, 1, 1, 7])
     anchors = torch.cat(views, 1)
-    encoded["mining"] = bank.mine(anchors, batch.identity, video=batch.video, clip=clip_ids(batch.keys))
+    encoded.mining = bank.mine(anchors, batch.identity, video=batch.video, clip=clip_ids(batch.keys))
     objective = CrossIdentity(DIM, temperature=0.2)
     got = float(objective(batch, encoded)["cross_identity"])
     z = F.normalize(anchors, dim=-1).flatten(0, 1).double()
-    m = encoded["mining"]
+    m = encoded.mining
     clip_of = clip_ids(batch.keys).repeat_interleave(2 * length).tolist()
     identity_of = batch.identity.repeat_interleave(2 * length).tolist()
     want = reference_cross_identity(z, m.positives.embedding.flatten(0, 1).double(), m.positives.valid.flatten(0, 1),
@@ -104,7 +100,7 @@ def test_cross_identity_without_neighbours_adds_nothing_but_keeps_the_graph():
     bank = MemoryBank(64, DIM, "cpu", k=3, negatives=2)  # empty: the first step of a run
     au = torch.randn(3, 4, DIM, requires_grad=True)
     encoded, batch = encoded_of([au[:, :2], au[:, 2:]]), clip_batch([0, 1, 2])
-    encoded["mining"] = bank.mine(torch.cat([au[:, :2], au[:, 2:]], 1), batch.identity, clip=clip_ids(batch.keys))
+    encoded.mining = bank.mine(torch.cat([au[:, :2], au[:, 2:]], 1), batch.identity, clip=clip_ids(batch.keys))
     loss = CrossIdentity(DIM)(batch, encoded)["cross_identity"]
     loss.backward()
     assert float(loss.detach()) == 0.0 and au.grad is not None and torch.isfinite(au.grad).all()
@@ -140,7 +136,7 @@ class ToyWorld:
     def batch(self, clips, length, step):
         person = torch.randint(0, self.people, (clips,), generator=self.g)
         state = torch.randint(0, self.states, (clips,), generator=self.g)
-        views = [{"frames": self.frames(person, state, length)} for _ in range(2)]
+        views = [View(input=self.frames(person, state, length)) for _ in range(2)]
         return views, clip_batch(person, names=[f"s{step}c{i}" for i in range(clips)])
 
     def probe_set(self, per_pair=6):
@@ -204,7 +200,7 @@ def test_recon_with_a_neighbour_of_the_same_code_equals_its_own_term():
     bank = MemoryBank(64, DIM, "cpu", k=1, negatives=0)
     bank.add(anchors, torch.tensor([10, 11, 12]), clip=torch.tensor([5, 6, 7]))
     encoded = encoded_of(au, feats, inputs)
-    encoded["mining"] = bank.mine(anchors, batch.identity, clip=clip_ids(batch.keys))
+    encoded.mining = bank.mine(anchors, batch.identity, clip=clip_ids(batch.keys))
     out = CrossIdentityReconstruction(DIM, 24, identity_dim=8, size=8, channels=16)(batch, encoded)
     assert float(out["cross_identity_recon/cross"]) == pytest.approx(float(out["cross_identity_recon/own"]), rel=1e-5)
     out["cross_identity_recon"].backward()
@@ -215,7 +211,7 @@ def test_recon_without_neighbours_has_no_cross_term_and_every_weight_a_gradient(
     au, feats, inputs = recon_inputs()
     batch = clip_batch([0, 1, 2])
     encoded = encoded_of(au, feats, inputs)
-    encoded["mining"] = MemoryBank(64, DIM, "cpu", k=2, negatives=0).mine(torch.cat(au, 1), batch.identity)
+    encoded.mining = MemoryBank(64, DIM, "cpu", k=2, negatives=0).mine(torch.cat(au, 1), batch.identity)
     objective = CrossIdentityReconstruction(DIM, 24, identity_dim=8, size=8, channels=16)
     out = objective(batch, encoded)
     assert float(out["cross_identity_recon/cross"]) == 0.0 and float(out["cross_identity_recon/own"]) > 0
@@ -253,7 +249,7 @@ def test_identity_adversarial_classifier_learns_the_people():
     losses = []
     for step in range(60):
         views, batch = world.batch(16, 2, step)
-        loss = objective(batch, {"views": [{"au": v["frames"]} for v in views]})["identity_adversarial"]
+        loss = objective(batch, Encoded([View(au=v.input) for v in views]))["identity_adversarial"]
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -18,6 +18,7 @@ from test_publish_hub import ARCH, ROOT, hub_cli, publish, site, trained_like  #
 
 from finetune import hub
 from finetune.backbone import load_backbone
+from pretrain.provenance import Provenance
 from pretrain.publish import auforge_block
 from shards.manifest import Manifest
 
@@ -47,9 +48,10 @@ def manifest_named(name: str) -> Manifest:
 ])  # fmt: skip
 def test_no_absolute_path_of_the_publishing_machine_is_published(tmp_path, source, manifest, name):
     source = source.format(data=tmp_path / "data")
-    cfg = OmegaConf.create({"objectives": {"temporal_margin": {"weight": 1.0}},
-                            "data": {"kind": "shards", "source": source, "train_split": "train"}})  # fmt: skip
-    block = auforge_block(cfg, source, manifest, 7, 28, {}, identity_source="identity")
+    cfg = OmegaConf.create({"data": {"kind": "shards", "source": source, "train_split": "train", "resize": 32,
+                                     "frames": 4}})  # fmt: skip
+    provenance = Provenance.derive(cfg, source, manifest)
+    block = auforge_block({"temporal_margin": {"weight": 1.0}}, provenance, 7, 28, {}, identity_source="identity")
     assert block["data"]["name"] == name and block["data"]["kind"] == "shards"
     assert block["data"]["manifest_digest"] == (manifest.digest() if manifest else None)
     folder = publish(tmp_path / "pub", "au", trained_like(seed=7), auforge=block)

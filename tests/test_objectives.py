@@ -14,8 +14,10 @@ from torch import nn
 from pretrain.augment import augment, make_views, step_generator
 from pretrain.config import PretrainConfig
 from pretrain.model import ClipEncoder
-from pretrain.objectives import OBJECTIVES, ClipContrastive, PretrainModel, TemporalMargin, build_objectives
+from pretrain.objectives import OBJECTIVES, PretrainModel, build_objectives
+from pretrain.objectives.temporal import ClipContrastive, TemporalMargin
 from pretrain.train import lr_at, param_groups
+from pretrain.views import Encoded, View
 
 ARCH, SIZE, DIM = "resnet10t", 32, 16
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -32,12 +34,12 @@ def _one_thread():
 
 
 def views_of(au_list, times):
-    """An `encoded` dict as PretrainModel.encode makes it, from AU embeddings and times."""
-    return {"views": [{"au": au, "time": t, "clip": au.mean(1), "features": au} for au, t in zip(au_list, times)]}
+    """An `Encoded` as PretrainModel.encode makes it, from AU embeddings and times."""
+    return Encoded([View(au=au, time=t, clip=au.mean(1), features=au) for au, t in zip(au_list, times)])
 
 
 def clips_of(clip_list):
-    return {"views": [{"clip": c} for c in clip_list]}
+    return Encoded([View(clip=c) for c in clip_list])
 
 
 def random_orthogonal(d: int, seed: int) -> torch.Tensor:
@@ -67,7 +69,7 @@ def tiny_model(spec: dict, seed: int = 0) -> PretrainModel:
     return PretrainModel(encoder, objectives, weights)
 
 
-def train(model: PretrainModel, views: list[dict], steps: int, lr: float = 1e-3) -> list[float]:
+def train(model: PretrainModel, views: list[View], steps: int, lr: float = 1e-3) -> list[float]:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
     for _ in range(steps):
@@ -79,7 +81,7 @@ def train(model: PretrainModel, views: list[dict], steps: int, lr: float = 1e-3)
     return history
 
 
-def backbone_grad_reaches(model: PretrainModel, views: list[dict]) -> bool:
+def backbone_grad_reaches(model: PretrainModel, views: list[View]) -> bool:
     model.zero_grad(set_to_none=True)
     total, _ = model(views)
     total.backward()
@@ -180,7 +182,7 @@ def test_temporal_margin_trains_a_clip_encoder():
     clips = fixed_clips(4, 6, seed=0)
     times = torch.arange(6).float().expand(4, -1) * 2
     x = (clips.float() / 255 - torch.tensor(MEAN).view(1, 1, 3, 1, 1)) / torch.tensor(STD).view(1, 1, 3, 1, 1)
-    views = [{"frames": x, "time": times}]
+    views = [View(input=x, time=times)]
     assert backbone_grad_reaches(model, views)
     history = train(model, views, steps=30)
     assert all(math.isfinite(v) for v in history)
@@ -282,7 +284,7 @@ def test_build_objectives_weights_and_total():
     b, length = 4, 5
     encoded = views_of([torch.randn(b, length, DIM), torch.randn(b, length, DIM)],
                        [uneven_times(b, length, 5), uneven_times(b, length, 6)])  # fmt: skip
-    total, losses = model.objectives_loss(None, encoded)
+    total, losses = model.losses(None, encoded)
     assert set(losses) == {"temporal_margin", "clip_contrastive"}
     assert all(float(v.detach()) > 0 for v in losses.values())
     expected = 2.0 * losses["temporal_margin"] + 0.25 * losses["clip_contrastive"]
@@ -301,10 +303,10 @@ def test_make_views_windows_times_and_normalisation():
     assert len(views) == 2
     mean, std = torch.tensor(MEAN).view(1, 1, 3, 1, 1), torch.tensor(STD).view(1, 1, 3, 1, 1)
     for view in views:
-        assert view["frames"].shape == (b, length, 3, SIZE, SIZE) and view["frames"].dtype == torch.float32
-        assert view["time"].shape == (b, length) and view["time"].is_floating_point()
-        assert (view["time"][:, 0] == 0).all()
-        raw = view["frames"] * std + mean  # back to 0..1
+        assert view.input.shape == (b, length, 3, SIZE, SIZE) and view.input.dtype == torch.float32
+        assert view.time.shape == (b, length) and view.time.is_floating_point()
+        assert (view.time[:, 0] == 0).all()
+        raw = view.input * std + mean  # back to 0..1
         for i in range(b):
             # the view is a window of consecutive stored frames, and its times are their frame
             # index steps, counted from the window's first frame
@@ -312,8 +314,8 @@ def test_make_views_windows_times_and_normalisation():
             starts = [s for s, w in enumerate(windows) if torch.allclose(raw[i], w, atol=1e-5)]
             assert len(starts) == 1, f"clip {i}: view is not a window of the clip"
             s = starts[0]
-            assert torch.equal(view["time"][i], (frame_index[i, s : s + length] - frame_index[i, s]).float())
-        assert torch.equal(views[0]["time"][0], torch.arange(length).float() * 2)
+            assert torch.equal(view.time[i], (frame_index[i, s : s + length] - frame_index[i, s]).float())
+        assert torch.equal(views[0].time[0], torch.arange(length).float() * 2)
 
 
 def test_make_views_seeded():
@@ -325,10 +327,10 @@ def test_make_views_seeded():
 
     a, b, c = views(5), views(5), views(6)
     for va, vb in zip(a, b):
-        assert torch.equal(va["frames"], vb["frames"]) and torch.equal(va["time"], vb["time"])
-    assert not torch.equal(a[0]["frames"], c[0]["frames"])
-    assert not torch.equal(a[0]["frames"], a[1]["frames"]), "the two views differ"
-    raw = a[0]["frames"] * torch.tensor(STD).view(1, 1, 3, 1, 1) + torch.tensor(MEAN).view(1, 1, 3, 1, 1)
+        assert torch.equal(va.input, vb.input) and torch.equal(va.time, vb.time)
+    assert not torch.equal(a[0].input, c[0].input)
+    assert not torch.equal(a[0].input, a[1].input), "the two views differ"
+    raw = a[0].input * torch.tensor(STD).view(1, 1, 3, 1, 1) + torch.tensor(MEAN).view(1, 1, 3, 1, 1)
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
 
 
@@ -406,14 +408,14 @@ def test_param_groups_decay_only_weight_matrices():
 
 
 def geometry_views(features, landmarks):
-    return {"views": [{"features": f, "landmarks": lm} for f, lm in zip(features, landmarks)]}
+    return Encoded([View(features=f, landmarks=lm) for f, lm in zip(features, landmarks)])
 
 
 def test_landmark_geometry_whitens_its_targets_and_skips_unknown_landmarks():
     """The running whitening maps the targets onto unit-variance principal axes (so a head that
     outputs zeros scores exactly 1 per component on the batch it was estimated from); clips with
     an unknown landmark drop out; no landmarks at all is a clear error."""
-    from pretrain.objectives import LandmarkGeometry
+    from pretrain.objectives.geometry import LandmarkGeometry
 
     g = torch.Generator().manual_seed(0)
     b, length, feat = 12, 5, 8
@@ -435,13 +437,13 @@ def test_landmark_geometry_whitens_its_targets_and_skips_unknown_landmarks():
     assert torch.isfinite(objective(None, geometry_views(features, lms))["landmark_geometry"])
     assert torch.isfinite(objective.shape.mean).all() and not torch.equal(before, objective.shape.mean)
     with pytest.raises(ValueError, match="landmarks"):
-        objective(None, {"views": [{"features": features[0]}]})
+        objective(None, Encoded([View(features=features[0])]))
 
 
 def test_landmark_geometry_trains_a_real_encoder_to_read_the_face_shape():
     """A tiny ClipEncoder on clips whose 'landmarks' are a function of the pixels lowers the loss
     well below 1, the score of knowing nothing."""
-    from pretrain.objectives import LandmarkGeometry
+    from pretrain.objectives.geometry import LandmarkGeometry
 
     torch.manual_seed(0)
     encoder = ClipEncoder(ARCH, DIM, "none", SIZE)
@@ -489,7 +491,7 @@ def test_whitening_target_is_continuous_across_updates():
     do: eigh's arbitrary signs and the order of near-equal axes must not flip the regression
     target from one step to the next (they did, dozens of times in 500 steps, before the axes
     were aligned); and the map still whitens."""
-    from pretrain.objectives import Whitening
+    from pretrain.objectives.geometry import Whitening
 
     whitening = Whitening(20, 6, momentum=0.01)
     jumps, largest = _whitened_flips(whitening)
@@ -500,3 +502,22 @@ def test_whitening_target_is_continuous_across_updates():
     fresh.update(x)
     white = fresh(x)
     assert torch.allclose(white.T @ white / len(x), torch.eye(6), atol=1e-3)
+
+
+def test_an_objective_that_mines_gets_a_bank_at_construction_and_only_then():
+    """Mining is declared by the objective (`Objective.mines`) and the bank handed to the model
+    when it is built: a miner without a bank, or a bank with no miner, is refused there, not at
+    the first step."""
+    from pretrain.bank import MemoryBank
+    from pretrain.objectives import Objective, mines, register
+
+    mining, _ = build_objectives({"cross_identity": {}}, DIM)
+    plain, weights = build_objectives({"temporal_margin": {}}, DIM)
+    assert mines(mining) and not mines(plain)
+    with pytest.raises(ValueError, match="cross_identity mines"):
+        PretrainModel(nn.Identity(), mining, {"cross_identity": 1.0})
+    with pytest.raises(ValueError, match="no objective that mines"):
+        PretrainModel(nn.Identity(), plain, weights, bank=MemoryBank(8, DIM, "cpu"))
+    with pytest.raises(TypeError, match="must subclass"):
+        register("not_an_objective")(nn.Linear)
+    assert "not_an_objective" not in OBJECTIVES and issubclass(OBJECTIVES["cross_identity"], Objective)

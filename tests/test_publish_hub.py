@@ -217,15 +217,23 @@ def test_zero2_checkpoint_of_two_ranks_exports_the_live_weights(zero2_run, tmp_p
 
 
 def test_zero0_checkpoint_exports_the_live_weights(tmp_path, monkeypatch):
-    """Stage 0 keeps the whole module in its model-states file: the same export, another path."""
+    """Stage 0 keeps the whole module in its model-states file: the same export, another path. The
+    checkpoint carries what the run derived from its data (run.json's provenance), so it publishes
+    the same provenance with the data gone, and renders nothing."""
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     run(run_dir, cache, steps=2, ranks=1)
     assert not list((run_dir / "checkpoints" / "step_000002").glob("zero_pp_rank_*"))
+    shutil.rmtree(cache)
     monkeypatch.setenv("AUFORGE_CACHE", str(cache))
     folder = publish_checkpoint(run_dir / "checkpoints" / "step_000002", "zero0", tmp_path / "pub")
+    assert not cache.exists(), "publishing rendered the synthetic set again"
     exported = load_file(str(folder / "model.safetensors"))
-    reference = load_file(str(run_dir / "published" / "auforge-pretrain" / "model.safetensors"))
+    live = run_dir / "published" / "auforge-pretrain"
+    reference = load_file(str(live / "model.safetensors"))
     assert set(exported) == set(reference) and all(torch.equal(exported[k], v) for k, v in reference.items())
+    config, live_config = (json.loads((f / "config.json").read_text()) for f in (folder, live))
+    assert config["auforge"]["data"] == live_config["auforge"]["data"] and config["auforge"]["data"]["manifest_digest"]
+    assert config["pretrained_cfg"]["input_size"] == live_config["pretrained_cfg"]["input_size"]
 
 
 def test_incomplete_checkpoints_are_refused(tmp_path):

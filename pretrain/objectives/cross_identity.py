@@ -2,11 +2,11 @@
 
 Identity dominates a face image and AUs are subtle, so an embedding trained on faces alone
 clusters by person. These objectives use the memory bank's mining (`pretrain.bank`): for every
-anchor frame, `encoded["mining"]` holds its k nearest bank entries of *another* identity (the
+anchor frame, `encoded.mining` holds its k nearest bank entries of *another* identity (the
 cross-identity positives: same AU state, another person) and the farthest entries of *its own*
 identity from other clips (identity-hard negatives: same person, another AU state). Anchors are
 the frames of both views, concatenated along time: row n of a clip's anchors is frame n of view 0
-for n < L, frame n - L of view 1 after (`anchor_embeddings`).
+for n < L, frame n - L of view 1 after (`Encoded.anchors`).
 
 * `cross_identity`: pull each anchor towards its cross-identity positives, away from its
   identity-hard negatives and its own person's other clips in the global batch.
@@ -28,19 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.heads import IdentityAdversary
-from pretrain.bank import all_gather_rows, clip_ids
+from pretrain.bank import clip_ids
+from pretrain.distributed import all_gather_rows, gather_with_grad
 from pretrain.model import l2n
-from pretrain.objectives import gather_with_grad, register
-
-
-def anchor_embeddings(encoded: dict) -> torch.Tensor:
-    """The AU embeddings of both views as one clip of anchors, [B, 2L, D], in fp32: the rows
-    `MemoryBank.mine` is asked about (see `PretrainModel.mine`)."""
-    return torch.cat([v["au"] for v in encoded["views"]], dim=1).float()
+from pretrain.objectives.registry import Objective, register
+from pretrain.views import Encoded
 
 
 @register("cross_identity")
-class CrossIdentity(nn.Module):
+class CrossIdentity(Objective):
     """Multi-positive InfoNCE that ranks other people's frames of the same AU state above the
     same person's other AU states. For an anchor a with L2-normalised AU embedding z_a, its valid
     cross-identity positives P_a and identity-hard negatives N_a from the bank (detached), and
@@ -66,9 +62,9 @@ class CrossIdentity(nn.Module):
         super().__init__()
         self.temperature, self.batch_negatives = temperature, batch_negatives
 
-    def forward(self, batch, encoded) -> dict[str, torch.Tensor]:
-        z = l2n(anchor_embeddings(encoded))  # [B, N, D]
-        mined = encoded["mining"]
+    def forward(self, batch, encoded: Encoded) -> dict[str, torch.Tensor]:
+        z = l2n(encoded.anchors())  # [B, N, D]
+        mined = encoded.mining
         pos, neg = mined.positives, mined.negatives
         tau = self.temperature
         s_pos = torch.einsum("bnd,bnkd->bnk", z, pos.embedding.to(z)) / tau
@@ -119,7 +115,7 @@ class FrameDecoder(nn.Module):
 
 
 @register("cross_identity_recon")
-class CrossIdentityReconstruction(nn.Module):
+class CrossIdentityReconstruction(Objective):
     """Cross-identity reconstruction. Each frame x_a of the first view is split into an AU code
     u_a (its L2-normalised AU embedding, the encoder's) and an identity code i_a (this
     objective's head on the backbone features); a light decoder D rebuilds x_a, downsampled to
@@ -144,15 +140,15 @@ class CrossIdentityReconstruction(nn.Module):
         self.identity_head = nn.Linear(feature_dim, identity_dim)
         self.decoder = FrameDecoder(embed_dim + identity_dim, size, channels)
 
-    def forward(self, batch, encoded) -> dict[str, torch.Tensor]:
-        view = encoded["views"][0]
-        b, length = view["au"].shape[:2]
-        if "input" not in view:
+    def forward(self, batch, encoded: Encoded) -> dict[str, torch.Tensor]:
+        view = encoded.views[0]
+        b, length = view.au.shape[:2]
+        if view.input is None:
             raise ValueError("cross_identity_recon needs the views' input frames (PretrainModel.encode keeps them)")
-        target = F.interpolate(view["input"].flatten(0, 1).float(), size=(self.size, self.size), mode="area")
-        au = l2n(view["au"].float()).flatten(0, 1)
-        identity = self.identity_head(view["features"].float()).flatten(0, 1)
-        nearest = encoded["mining"].positives
+        target = F.interpolate(view.input.flatten(0, 1).float(), size=(self.size, self.size), mode="area")
+        au = l2n(view.au.float()).flatten(0, 1)
+        identity = self.identity_head(view.features.float()).flatten(0, 1)
+        nearest = encoded.mining.positives
         neighbour = nearest.embedding[:, :length, 0].flatten(0, 1).to(au)  # view 0's anchors, best neighbour
         has = nearest.valid[:, :length, 0].flatten()
         own = F.mse_loss(self.decoder(torch.cat([identity, au], 1)), target)
@@ -164,7 +160,7 @@ class CrossIdentityReconstruction(nn.Module):
 
 
 @register("identity_adversarial")
-class IdentityAdversarial(nn.Module):
+class IdentityAdversarial(Objective):
     """An identity classifier on the AU embedding behind a gradient reversal (FMAE-IAT): the
     classifier learns to name the person, the encoder gets the negated, `scale`d gradient and so
     learns to hide who it is. Identities are hashed into `classes` buckets (ids are 63-bit hashes;
@@ -178,8 +174,8 @@ class IdentityAdversarial(nn.Module):
         self.classes = classes
         self.adversary = IdentityAdversary(embed_dim, classes, scale)
 
-    def forward(self, batch, encoded) -> dict[str, torch.Tensor]:
-        z = anchor_embeddings(encoded)  # [B, N, D]
+    def forward(self, batch, encoded: Encoded) -> dict[str, torch.Tensor]:
+        z = encoded.anchors()  # [B, N, D]
         identity = torch.where(batch.identity >= 0, batch.identity, batch.video).to(z.device)
         known = (identity >= 0)[:, None].expand(z.shape[:2]).flatten().float()
         target = (identity.clamp_min(0) % self.classes)[:, None].expand(z.shape[:2]).flatten()
