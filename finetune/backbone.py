@@ -76,6 +76,14 @@ def published_folder(spec: str, index: str | None = None) -> Path | None:
                      f"is set to look the name up in (${hub.INDEX_ENV})")  # fmt: skip
 
 
+def backbone_args(arch: str, image_size: int | None) -> dict:
+    """timm arguments that build `arch` for `image_size` (None: timm's default), which a published
+    config must repeat: transformers are built for their input size, convolutional nets take any."""
+    if image_size is not None and any(k in arch for k in ("vit", "deit", "swin", "eva", "beit")):
+        return {"img_size": image_size}
+    return {}
+
+
 def load_backbone(spec: str, *, input_size: int | None = None, index: str | None = None) -> Backbone:
     """`spec`: a published backbone (a folder or `local-dir:FOLDER`, a URL, `hf-hub:owner/repo`,
     or a name in `index`, else in $AUFORGE_HUB_INDEX: see finetune.hub) or a timm architecture name.
@@ -95,7 +103,6 @@ def load_backbone(spec: str, *, input_size: int | None = None, index: str | None
         return Backbone(model, config["architecture"], model.num_features, size, tuple(pcfg["mean"]),
                         tuple(pcfg["std"]), str(path))  # fmt: skip
     size = input_size or 224
-    args = {"img_size": size} if any(k in spec for k in ("vit", "deit", "swin", "eva", "beit")) else {}
-    model = timm.create_model(spec, pretrained=False, num_classes=0, **args)
+    model = timm.create_model(spec, pretrained=False, num_classes=0, **backbone_args(spec, size))
     pcfg = model.pretrained_cfg
     return Backbone(model, spec, model.num_features, size, tuple(pcfg["mean"]), tuple(pcfg["std"]), "random-init")

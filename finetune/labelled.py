@@ -1,5 +1,7 @@
 """Labelled frames for fine-tuning, whatever the dataset: one interface over clip shards (read
 once into memory: labelled sets are small) and over BP4D, DISFA and CSV tables (read lazily).
+Shard frames are aligned on the landmark template (shards.geometry), table frames cropped by
+finetune.data.read_frame.
 
 The folds and the few-label draw over these frames: finetune.protocol.
 """
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shards.geometry import face_crops
 from shards.manifest import Manifest
 from shards.stream import ClipStream
 
@@ -36,77 +39,6 @@ class Frames:
 
     def image(self, i: int) -> np.ndarray:
         return self.images[i] if self.images is not None else self.read(i)
-
-
-# Where stable landmarks (eye corners, nose bridge and base; iBUG-68 indices) go in an aligned
-# crop, as fractions of its side: eyes level at 0.4, outer corners 0.4 of the side apart.
-ALIGN_POINTS = [36, 39, 42, 45, 27, 30, 33]
-ALIGN_TEMPLATE = np.array([[0.30, 0.40], [0.413, 0.40], [0.587, 0.40], [0.70, 0.40], [0.50, 0.40], [0.50, 0.57],
-                           [0.50, 0.595]], np.float32)  # fmt: skip
-
-
-def similarity_to_template(points: np.ndarray) -> np.ndarray:
-    """Least-squares similarity [2, 3] taking `points` [K, 2] onto ALIGN_TEMPLATE (unit square)."""
-    return template_transforms(torch.from_numpy(np.asarray(points, np.float32))[None])[0].numpy()
-
-
-def template_transforms(points: torch.Tensor) -> torch.Tensor:
-    """Least-squares similarities [N, 2, 3] taking each row of `points` [N, K, 2] (the ALIGN_POINTS
-    of N faces) onto ALIGN_TEMPLATE in the unit square; NaN where a face has no landmarks."""
-    p = points.double()
-    dst = torch.as_tensor(ALIGN_TEMPLATE, dtype=torch.float64, device=p.device)
-    src, dst_c = p - p.mean(1, keepdim=True), dst - dst.mean(0)
-    norm = src.pow(2).sum((1, 2))
-    a = (src * dst_c).sum((1, 2)) / norm
-    b = (src[..., 0] * dst_c[:, 1] - src[..., 1] * dst_c[:, 0]).sum(1) / norm
-    rot = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)  # [N, 2, 2]
-    shift = dst.mean(0) - (rot @ p.mean(1)[..., None])[..., 0]
-    return torch.cat([rot, shift[..., None]], -1).float()
-
-
-def to_template(landmarks: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
-    """Landmarks [N, P, 2] in pixels -> the aligned crop's unit square, by `template_transforms`."""
-    return landmarks @ transforms[:, :, :2].transpose(1, 2) + transforms[:, None, :, 2]
-
-
-def align_faces(images: torch.Tensor, landmarks: torch.Tensor, size: int, transforms: torch.Tensor | None = None
-                ) -> torch.Tensor:  # fmt: skip
-    """uint8 [N, 3, H, W] frames warped so that their landmarks [N, 68, 2] (pixels) fall on the
-    template, into [N, 3, size, size]; frames without landmarks are only resized."""
-    n, _, h, w = images.shape
-    m = template_transforms(landmarks[:, ALIGN_POINTS]) if transforms is None else transforms
-    m = torch.cat([m.double().cpu(), torch.tensor([0.0, 0, 1], dtype=torch.float64).expand(n, 1, 3)], 1)
-    found = torch.isfinite(m).flatten(1).all(1)
-    m[~found] = torch.eye(3, dtype=torch.float64)
-    # grid_sample works in [-1, 1] on both sides: aligned [-1, 1] -> unit square -> source pixels -> [-1, 1]
-    out_to_unit = torch.tensor([[0.5, 0, 0.5], [0, 0.5, 0.5], [0, 0, 1]], dtype=torch.float64)
-    pix_to_norm = torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]], dtype=torch.float64)
-    theta = (pix_to_norm @ torch.linalg.inv(m) @ out_to_unit)[:, :2]
-    theta[~found] = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64)
-    grid = torch.nn.functional.affine_grid(theta.float().to(images.device), [n, 3, size, size], align_corners=False)
-    out = torch.nn.functional.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
-                                          align_corners=False)  # fmt: skip
-    return out.round().clamp(0, 255).to(torch.uint8)
-
-
-def align_clips(frames: torch.Tensor, landmarks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 clips [B, T, 3, H, W] with landmarks [B, T, 68, 2] (pixels) -> aligned clips
-    [B, T, 3, size, size] and the landmarks in the aligned crops' unit square (NaN where unknown)."""
-    b, t = frames.shape[:2]
-    flat = landmarks.flatten(0, 1).float()
-    m = template_transforms(flat[:, ALIGN_POINTS])
-    aligned = align_faces(frames.flatten(0, 1), flat, size, transforms=m)
-    return aligned.unflatten(0, (b, t)), to_template(flat, m).unflatten(0, (b, t))
-
-
-def face_crops(frames: torch.Tensor, landmarks: torch.Tensor | None, size: int) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> [N, 3, size, size]: aligned by landmarks where there are any, else resized."""
-    if landmarks is not None:
-        return align_faces(frames, landmarks, size)
-    if frames.shape[-2:] == (size, size):
-        return frames
-    resized = torch.nn.functional.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True)
-    return resized.round().clamp(0, 255).to(torch.uint8)
 
 
 def shard_frames(source: str, size: int, clip_frames: int, split: str | None = None) -> Frames:

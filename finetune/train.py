@@ -26,12 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune import report
 from finetune.backbone import load_backbone
 from finetune.config import save_run_config
-from finetune.frames import ClipDataset, FrameDataset, Frames, clip_windows, shard_frames
+from finetune.evaluation import evaluate
+from finetune.folds import combine_folds
+from finetune.labelled import ClipDataset, FrameDataset, Frames, clip_windows, shard_frames
 from finetune.heads import IdentityAdversary, make_head
+from finetune.plots import plot_label_fraction, plot_per_au
 from finetune.protocol import TEST_PART, fold_split, labelled_subset, parts_for
+from finetune.report import print_table, write_metrics
 from finetune.resume import config_view, conflicts
 from shards.batch import normalize
 from shards.runlock import lock_run_dir
@@ -71,16 +74,15 @@ def load_frames(cfg, size: int) -> Frames:
 
         source = str(instantiate(cfg.data.synthetic)) if kind == "synthetic" else cfg.data.source
         return shard_frames(source, size, cfg.data.clip_frames)
-    from finetune import data as datasets
-    from finetune.frames import table_frames
+    from finetune.data import load_bp4d, load_csv, load_disfa
+    from finetune.labelled import table_frames
 
     if kind == "bp4d":
-        table = datasets.load_bp4d(cfg.data.root, intensity_root=cfg.data.intensity_root,
-                                   image_root=cfg.data.image_root)  # fmt: skip
+        table = load_bp4d(cfg.data.root, intensity_root=cfg.data.intensity_root, image_root=cfg.data.image_root)
     elif kind == "disfa":
-        table = datasets.load_disfa(cfg.data.root, intensity=cfg.task == "intensity")
+        table = load_disfa(cfg.data.root, intensity=cfg.task == "intensity")
     elif kind == "csv":
-        table = datasets.load_csv(cfg.data.source, root=cfg.data.root)
+        table = load_csv(cfg.data.source, root=cfg.data.root)
     else:
         raise ValueError(f"data.kind must be synthetic, shards, bp4d, disfa or csv, got {kind!r}")
     return table_frames(table, size)
@@ -217,8 +219,8 @@ def run_fold(cfg, fold: int, frames: Frames, train, test, accelerator, backbone_
 
     test_pred, test_true = predict(test_loader)
     train_pred, train_true = predict(train_loader) if cfg.task == "detection" else (None, None)
-    return report.evaluate(cfg.task, frames.au_names, test_pred, test_true, train_prob=train_pred,
-                           train_labels=train_true)  # fmt: skip
+    return evaluate(cfg.task, frames.au_names, test_pred, test_true, train_prob=train_pred,
+                    train_labels=train_true)  # fmt: skip
 
 
 # Keys a run may change and still resume a checkpoint: where it writes, how many loader workers,
@@ -302,8 +304,8 @@ def fit(cfg) -> dict:
     key = "f1" if cfg.task == "detection" else "icc"
     points = {f: r["mean"][key] for f, r in results.items()}
     if int(os.environ.get("RANK", "0")) == 0:
-        report.plot_label_fraction(points, Path(cfg.run_dir) / "label_fraction.png", metric=f"mean {key.upper()}")
-        report.write_metrics(Path(cfg.run_dir) / "label_fraction.json", {str(f): v for f, v in points.items()})
+        plot_label_fraction(points, Path(cfg.run_dir) / "label_fraction.png", metric=f"mean {key.upper()}")
+        write_metrics(Path(cfg.run_dir) / "label_fraction.json", {str(f): v for f, v in points.items()})
         print("label fraction -> mean " + key + ": " + ", ".join(f"{f:g}: {v:.3f}" for f, v in points.items()))
     return {"label_fraction": points}
 
@@ -328,15 +330,15 @@ def fit_one(cfg) -> dict:
         return copy.deepcopy(probe)  # every fold starts from the same weights, read once
 
     results = {fold: run_fold(cfg, fold, frames, *splits[fold], accelerator, backbone_factory) for fold in folds_to_run}
-    combined = report.combine_folds(results) if len(results) > 1 else results[folds_to_run[0]]
+    combined = combine_folds(results) if len(results) > 1 else results[folds_to_run[0]]
     if accelerator.is_main_process:
         run_dir = Path(cfg.run_dir)
         setting = {"backbone": cfg.backbone, "source": probe.source, "data": cfg.data.kind, "task": cfg.task,
                    "mode": cfg.mode, "fold": str(cfg.fold), "label_fraction": cfg.label_fraction, "semi": cfg.semi,
                    "identity_adversarial": cfg.identity_adversarial, "epochs": cfg.epochs}  # fmt: skip
         combined = {**combined, "setting": setting}
-        report.write_metrics(run_dir / "metrics.json", combined)
-        report.plot_per_au(combined, run_dir / "per_au.png")
-        print(report.print_table(combined), flush=True)
+        write_metrics(run_dir / "metrics.json", combined)
+        plot_per_au(combined, run_dir / "per_au.png")
+        print(print_table(combined), flush=True)
     accelerator.wait_for_everyone()
     return combined

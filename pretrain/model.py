@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finetune.backbone import backbone_args
+
 
 class TemporalConv(nn.Module):
     def __init__(self, dim: int):
@@ -56,13 +58,6 @@ class TemporalTransformer(nn.Module):
 TEMPORAL = {"conv": TemporalConv, "gru": TemporalGRU, "transformer": TemporalTransformer, "none": None}
 
 
-def backbone_args(arch: str, image_size: int | None) -> dict:
-    """timm arguments the published config must repeat: transformers are built for their input size."""
-    if image_size is not None and any(k in arch for k in ("vit", "deit", "swin", "eva", "beit")):
-        return {"img_size": image_size}
-    return {}
-
-
 class ClipEncoder(nn.Module):
     """Frames [B, T, 3, H, W] (normalised) -> frame features, AU embeddings, clip embedding."""
 
@@ -81,15 +76,13 @@ class ClipEncoder(nn.Module):
         self.temporal = TEMPORAL[temporal](embed_dim) if TEMPORAL[temporal] else None
         self.channels_last = channels_last
 
-    def frame_features(self, frames: torch.Tensor, feature_map: bool = False):
-        """Pooled backbone features [B, T, F] (and the last feature map when asked)."""
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features [B, T, F]."""
         b, t = frames.shape[:2]
         x = frames.flatten(0, 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        fmap = self.backbone.forward_features(x)
-        pooled = self.backbone.forward_head(fmap, pre_logits=True).view(b, t, -1)
-        return (pooled, fmap) if feature_map else pooled
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True).view(b, t, -1)
 
     def embed_clip(self, au: torch.Tensor) -> torch.Tensor:
         """Clip embedding [B, D] from AU embeddings [B, T, D] through the temporal module."""

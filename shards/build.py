@@ -23,6 +23,7 @@ from PIL import Image
 
 from shards import parts
 from shards.format import Clip
+from shards.geometry import crop_box
 from shards.manifest import MANIFEST_NAME, Manifest, heldout_people
 from shards.writer import ShardWriter
 
@@ -53,10 +54,8 @@ def find_videos(root: Path) -> list[tuple[Path, str | None, str]]:
 
 
 def _square(image: np.ndarray, size: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = Image.fromarray(image[top : top + side, left : left + side])
+    left, top, right, bottom = crop_box(image.shape, None, "centre")
+    crop = Image.fromarray(image[top:bottom, left:right])
     return np.asarray(crop.resize((size, size), Image.BILINEAR))
 
 

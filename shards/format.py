@@ -33,7 +33,6 @@ SCHEMA = "auforge.clip/1"
 N_LANDMARKS = 68
 AU_DTYPE = np.dtype([("occ", "i1"), ("int", "<f2")])
 LABEL_MEMBERS = ("landmarks", "au")  # the optional label members, `KEY.landmarks.npy` and `KEY.au.npy`
-_KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 _FRAME_MEMBERS = [f"{i:03d}.jpg" for i in range(1000)]  # built once: the reader asks per frame
@@ -208,7 +207,3 @@ def check_metadata(meta, n_frames: int | None = None) -> dict:
     if n_frames is not None and len(meta["frame_index"]) != n_frames:
         raise ValueError(f"frame_index has {len(meta['frame_index'])} entries for {n_frames} frames")
     return meta
-
-
-def valid_key(key: str) -> bool:
-    return bool(_KEY_OK.match(key))

@@ -209,7 +209,7 @@ def test_identity_adversary_reverses_the_gradient_into_the_features():
 
 
 def test_temporal_head_on_clips_takes_the_loss_at_labelled_frames_only(tmp_path, cache):
-    from finetune.frames import ClipDataset, Frames, clip_windows
+    from finetune.labelled import ClipDataset, Frames, clip_windows
 
     n = 7
     frames = Frames("t", ["AU1"], np.array(["a"] * n), np.ones((n, 1), np.int8), np.ones((n, 1), np.float32),
@@ -232,7 +232,7 @@ def test_temporal_head_on_clips_takes_the_loss_at_labelled_frames_only(tmp_path,
 def test_faces_are_aligned_by_their_landmarks():
     """A frame whose stable landmarks are the template turned, scaled and shifted comes out with a
     marked landmark exactly where the template puts it."""
-    from finetune.frames import ALIGN_POINTS, ALIGN_TEMPLATE, align_faces
+    from shards.geometry import ALIGN_POINTS, ALIGN_TEMPLATE, align_faces
 
     angle, scale, shift = 0.3, 70.0, np.array([20.0, 15.0])
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -254,7 +254,7 @@ def test_faces_are_aligned_by_their_landmarks():
 def test_clips_and_their_landmarks_are_aligned_together():
     """align_clips maps landmarks with the same similarity as the pixels: stable points that are
     the template turned, scaled and shifted land on the template; frames without landmarks stay NaN."""
-    from finetune.frames import ALIGN_POINTS, ALIGN_TEMPLATE, align_clips
+    from shards.geometry import ALIGN_POINTS, ALIGN_TEMPLATE, align_clips
 
     rng = np.random.default_rng(0)
     landmarks = np.zeros((2, 3, 68, 2), np.float32)

@@ -68,7 +68,7 @@ def test_folds_of_a_bp4d_tree_on_disk(tmp_path):
     from test_finetune_data import make_bp4d
 
     from finetune.data import load_bp4d
-    from finetune.frames import table_frames
+    from finetune.labelled import table_frames
 
     frames = table_frames(load_bp4d(make_bp4d(tmp_path / "BP4D")), 16)  # F001, M007: part 1; F003: part 2
     train, test = fold_split(frames.subjects, parts_for("bp4d", frames.subjects), 2, frames.name)
@@ -96,7 +96,7 @@ def test_the_label_draw_is_seeded_and_deterministic():
 
 
 def test_one_implementation_serves_the_job_the_probes_and_the_sweeps():
-    import finetune.frames
+    import finetune.labelled
     import finetune.protocol as protocol
     import finetune.train
     import pretrain.evaluate
@@ -107,7 +107,7 @@ def test_one_implementation_serves_the_job_the_probes_and_the_sweeps():
     assert pretrain.evaluate.labelled_subset is protocol.labelled_subset
     assert slurm.finetune.TEST_PART is protocol.TEST_PART
     for gone in ("fold_indices", "labelled_subset", "round_robin_folds"):
-        assert not hasattr(finetune.frames, gone)
+        assert not hasattr(finetune.labelled, gone)
     assert importlib.util.find_spec("finetune.datasets.splits") is None
     with pytest.raises(ValueError, match=r"fold '4' is not one of 1, 2, 3"):
         slurm.finetune.sweep([], ["resnet18"], ["4"], [1.0], None)

@@ -1,6 +1,6 @@
 """Pixels of one `FrameRecord`: read the image or decode the video frame, crop the face, resize.
 
-Crops (`crop=`):
+Crops (`crop=`; the box is `shards.geometry.crop_box`):
 
 * `"landmarks"` (default): a square centred on the landmarks' bounding box, of side
   `max(box width, box height) * (1 + 2 * margin)`; where a record has no (finite) landmarks it
@@ -8,7 +8,8 @@ Crops (`crop=`):
 * `"centre"` (or `"center"`): the largest centred square.
 * `"none"`: the whole frame, squeezed to a square.
 
-Images decode with simplejpeg (JPEG) or Pillow (others); video frames come from a small
+Images decode with simplejpeg (JPEG) or Pillow (others); video frames (a file with one of the
+suffixes the shard builder takes for videos, `shards.build.VIDEO_SUFFIXES`) come from a small
 per-process cache of open `VideoFrames` readers, so reading the frames of a video in order
 decodes it once. Output is `uint8 [size, size, 3]` RGB, resized with Pillow's bilinear filter.
 """
@@ -25,10 +26,11 @@ from PIL import Image
 
 from finetune.datasets.table import FrameRecord
 from finetune.datasets.video import VideoFrames
+from shards.build import VIDEO_SUFFIXES
+from shards.geometry import crop_box
 
-__all__ = ["read_frame", "load_pixels", "crop_box", "VIDEO_SUFFIXES"]
+__all__ = ["read_frame", "load_pixels"]
 
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".webm")
 _MAX_READERS = 4
 _readers: OrderedDict[str, VideoFrames] = OrderedDict()
 _readers_pid = os.getpid()
@@ -66,32 +68,6 @@ def load_pixels(source: str, frame: int = 0) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except Exception as e:  # decoders raise assorted types for a damaged file
         raise ValueError(f"{p}: cannot decode image: {e}") from e
-
-
-def crop_box(shape: tuple[int, ...], landmarks: np.ndarray | None, crop: str = "landmarks",
-             margin: float = 0.25) -> tuple[int, int, int, int]:  # fmt: skip
-    """The crop `(left, top, right, bottom)` in pixels (may reach outside the frame)."""
-    h, w = shape[:2]
-    mode = crop.lower()
-    if mode == "none":
-        return 0, 0, w, h
-    if mode == "landmarks":
-        pts = None if landmarks is None else np.asarray(landmarks, np.float64).reshape(-1, 2)
-        pts = None if pts is None else pts[np.isfinite(pts).all(1)]
-        if pts is not None and len(pts) >= 2:
-            (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
-            side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
-            if side >= 2:
-                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-                left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-                s = int(round(side))
-                return left, top, left + s, top + s
-        mode = "centre"
-    if mode in ("centre", "center"):
-        s = min(h, w)
-        left, top = (w - s) // 2, (h - s) // 2
-        return left, top, left + s, top + s
-    raise ValueError(f"crop must be 'landmarks', 'centre' or 'none', got {crop!r}")
 
 
 def read_frame(record: FrameRecord, *, size: int, crop: str = "landmarks", margin: float = 0.25) -> np.ndarray:
