@@ -10,6 +10,7 @@ from torch import nn
 from pretrain.distributed import all_reduce_sum
 from pretrain.objectives.registry import Objective, register
 from pretrain.views import Encoded
+from shards.format import N_LANDMARKS
 
 
 class Whitening(nn.Module):
@@ -83,7 +84,7 @@ class LandmarkGeometry(Objective):
 
     def __init__(self, feature_dim: int, components: int = 24, momentum: float = 0.01):
         super().__init__()
-        points = 68 * 2
+        points = N_LANDMARKS * 2
         self.head = nn.Linear(feature_dim, 2 * components)
         self.shape = Whitening(points, components, momentum)
         self.motion = Whitening(points, components, momentum)
