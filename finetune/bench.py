@@ -15,48 +15,29 @@ rounds after `--warmup`; overhead = full time / baseline time (target <= 1.15). 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+
+from shards.timing import Clock, alternate, median
 
 TARGET = 1.15
 N_AUS = 12
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def _alternate(full, base, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
     """Median seconds per call of `full` and `base`, alternated each round (ABBA)."""
-    full_t, base_t = [], []
-    for i in range(warmup + steps):
-        if i % 2 == 0:
-            f, b = _timed(full, device), _timed(base, device)
-        else:
-            b, f = _timed(base, device), _timed(full, device)
-        if i >= warmup:
-            full_t.append(f)
-            base_t.append(b)
-    return statistics.median(full_t), statistics.median(base_t)
+    clock = Clock(device.type == "cuda")
+    full_t, base_t = alternate(lambda: clock.time(full), lambda: clock.time(base), steps, warmup)
+    return median(full_t), median(base_t)
 
 
 def _bare(arch: str, size: int, device: torch.device) -> torch.nn.Module:
     import timm
 
-    args = {"img_size": size} if any(k in arch for k in ("vit", "deit", "swin", "eva", "beit")) else {}
+    from finetune.backbone import backbone_args
+
     torch.manual_seed(0)
-    return timm.create_model(arch, num_classes=0, **args).to(device)
+    return timm.create_model(arch, num_classes=0, **backbone_args(arch, size)).to(device)
 
 
 def _auforge(arch: str, size: int, mode: str, device: torch.device):

@@ -26,6 +26,7 @@ from pretrain.provenance import Provenance
 from shards.geometry import align_clips
 from shards.manifest import Manifest
 from shards.stream import STOP_SIGNALS, ClipStream, resize_frames
+from shards.timing import Clock
 
 log = logging.getLogger("pretrain")
 
@@ -119,6 +120,9 @@ class Run:
 
         self.cfg = cfg
         self.rank, self.world, self.device = distributed.init()
+        # On a GPU the host runs ahead of the kernels: the clock waits for them so that each phase
+        # is timed where it runs (a few synchronisations a step, for a true data-wait share).
+        self._clock = Clock(cuda=self.device.type == "cuda")
         self.run_dir = Path(cfg.train.run_dir)
         lock_run_dir_on_rank0(self.run_dir, self.rank)  # before anything is rendered or written
         global _peers
@@ -225,13 +229,6 @@ class Run:
             self.samples += len(batch) * self.world
         self.step += 1
         return {**logged, "lr": lr, **{f"time/{k}": v for k, v in times.items()}}
-
-    def _clock(self) -> float:
-        # On a GPU the host runs ahead of the kernels: wait for them so that each phase is timed
-        # where it runs (a few synchronisations a step, for a true data-wait share).
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
 
     def save(self) -> None:
         bank = self.model.bank

@@ -15,9 +15,7 @@ Measurements alternate and the best of the repeats is kept, since the machine is
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +28,10 @@ from shards.decode import iter_groups
 from shards.format import frame_member
 from shards.stream import ClipStream
 from shards.synthetic import Renderer, cached_synthetic
+from shards.timing import Clock, mib, peak_rss
 
 FRAMES, SIZE = 16, 112
+CLOCK = Clock()
 
 
 def _load_clips(folder: Path) -> list[list[bytes]]:
@@ -44,13 +44,14 @@ def _load_clips(folder: Path) -> list[list[bytes]]:
 
 def limit_rate(clips: list[list[bytes]], scale: int = 1) -> float:
     out = np.empty((FRAMES, SIZE // scale, SIZE // scale, 3), np.uint8)
-    t0 = time.perf_counter()
-    for frames in clips:
-        for t, data in enumerate(frames):
-            simplejpeg.decode_jpeg(
-                data, fastdct=True, fastupsample=True, min_height=SIZE // scale, min_width=SIZE // scale, buffer=out[t]
-            )
-    return len(clips) / (time.perf_counter() - t0)
+
+    def decode():
+        for frames in clips:
+            for t, data in enumerate(frames):
+                simplejpeg.decode_jpeg(data, fastdct=True, fastupsample=True, min_height=SIZE // scale,
+                                       min_width=SIZE // scale, buffer=out[t])  # fmt: skip
+
+    return len(clips) / CLOCK.time(decode)
 
 
 def reader_rate(folder: Path, n_clips: int, scale: int = 1, batch: int = 32) -> float:
@@ -58,18 +59,21 @@ def reader_rate(folder: Path, n_clips: int, scale: int = 1, batch: int = 32) -> 
     it = iter(stream)
     next(it)  # open the shards before timing
     n_batches = max(1, n_clips // batch)
-    t0 = time.perf_counter()
-    for _ in range(n_batches):
-        next(it)
-    return n_batches * batch / (time.perf_counter() - t0)
+
+    def read():
+        for _ in range(n_batches):
+            next(it)
+
+    return n_batches * batch / CLOCK.time(read)
 
 
 def naive_rate(loose: Path, n_clips: int) -> float:
-    t0 = time.perf_counter()
-    for c in range(n_clips):
-        frames = [np.asarray(Image.open(loose / f"{c:05d}" / f"{t:03d}.jpg").convert("RGB")) for t in range(FRAMES)]
-        torch.from_numpy(np.stack(frames))
-    return n_clips / (time.perf_counter() - t0)
+    def load():
+        for c in range(n_clips):
+            frames = [np.asarray(Image.open(loose / f"{c:05d}" / f"{t:03d}.jpg").convert("RGB")) for t in range(FRAMES)]
+            torch.from_numpy(np.stack(frames))
+
+    return n_clips / CLOCK.time(load)
 
 
 def write_loose(clips: list[list[bytes]], root: Path) -> None:
@@ -79,16 +83,15 @@ def write_loose(clips: list[list[bytes]], root: Path) -> None:
             (root / f"{c:05d}" / f"{t:03d}.jpg").write_bytes(data)
 
 
-def memory_after(folder: Path, checkpoints: list[int], batch: int = 64) -> list[tuple[int, float, float]]:
-    """(clips streamed, current RSS MiB, peak RSS MiB) after each checkpoint, one resampled stream."""
+def memory_after(folder: Path, checkpoints: list[int], batch: int = 64) -> list[tuple[int, int, int]]:
+    """(clips streamed, current RSS, peak RSS) in bytes after each checkpoint, one resampled stream."""
     stream = ClipStream(folder, frames=FRAMES, batch_size=batch, num_workers=0, rank=0, world=1)
     proc, seen, out = psutil.Process(), 0, []
     it = iter(stream)
     for target in checkpoints:
         while seen < target:
             seen += len(next(it))
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        out.append((seen, proc.memory_info().rss / 2**20, peak))
+        out.append((seen, proc.memory_info().rss, peak_rss()))
     return out
 
 
@@ -96,10 +99,12 @@ def synth_rate(clips: int) -> None:
     renderer = Renderer(seed=3, identities=1000, frames=FRAMES, size=SIZE)
     renderer.clip(0)  # first-call costs (imports, caches) out of the timing
     renderer.seconds = {"draw": 0.0, "encode": 0.0}
-    t0 = time.perf_counter()
-    for i in range(1, clips + 1):
-        renderer.clip(i)
-    wall = time.perf_counter() - t0
+
+    def render():
+        for i in range(1, clips + 1):
+            renderer.clip(i)
+
+    wall = CLOCK.time(render)
     draw, encode = renderer.seconds["draw"], renderer.seconds["encode"]
     print(f"synthetic clips of {FRAMES} frames at {SIZE} px, one core: {clips / wall:.1f} clips/s "
           f"(drawing {draw / wall:.0%}, JPEG encoding {encode / wall:.0%}, other {1 - (draw + encode) / wall:.0%})")  # fmt: skip
@@ -139,8 +144,8 @@ def main(argv=None) -> None:
     mem = memory_after(folder, [1_000, args.long])
     (n1, rss1, _), (n2, rss2, peak2) = mem
     print(
-        f"  reader RSS after {n1:,} clips {rss1:.0f} MiB, after {n2:,} clips {rss2:.0f} MiB "
-        f"(growth {rss2 / rss1 - 1:+.1%}; peak {peak2:.0f} MiB)"
+        f"  reader RSS after {n1:,} clips {mib(rss1, '.0f')}, after {n2:,} clips {mib(rss2, '.0f')} "
+        f"(growth {rss2 / rss1 - 1:+.1%}; peak {mib(peak2, '.0f')})"
     )
 
 
