@@ -3,13 +3,12 @@
 Hydra config: configs/finetune.yaml; see finetune/train.py for the job.
 """
 
-import os
 import sys
 from pathlib import Path
 
 import hydra
 
-from finetune.config import register
+from finetune.config import log_to_stdout_off_rank_zero, register
 
 register()
 
@@ -22,6 +21,5 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    if int(os.environ.get("RANK", "0")) != 0:
-        sys.argv += ["hydra/job_logging=stdout"]  # one rank writes the run's files
+    log_to_stdout_off_rank_zero(sys.argv)
     main()

@@ -1,6 +1,6 @@
 """AU datasets for fine-tuning, as frame tables (one labelled frame per record).
 
-* `load_bp4d`, `load_disfa`, `load_csv` read the released layouts (REFERENCE.md) into a
+* `load_bp4d`, `load_disfa`, `load_csv` read the released layouts (finetune.datasets) into a
   `FrameTable`; bad input raises `ValueError` / `FileNotFoundError` naming the file before any
   training starts.
 * The evaluation protocol (subject-exclusive folds, the few-label draw) is `finetune.protocol`.

@@ -24,8 +24,6 @@ its names must be plain folder and file names, and every write is checked to lan
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -78,6 +76,8 @@ class Entry:
 
 
 def cache_root(cache: str | Path | None = None) -> Path:
+    """Where downloads go: `cache`, else $AUFORGE_HUB_CACHE, else ~/.cache/auforge/hub. A setting of
+    its own: $AUFORGE_CACHE (`shards.synthetic.cache_root`, the rendered sets) does not move it."""
     return Path(cache or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "auforge" / "hub").expanduser()
 
 
@@ -283,27 +283,21 @@ def download_file(url: str, folder: Path, expected: FileEntry, progress: bool = 
     return dest
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """Ranks of one job fetching the same backbone take turns; the later ones find it cached."""
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _complete(folder: Path, entry: Entry) -> bool:
     return all((folder / f.name).is_file() and (folder / f.name).stat().st_size == f.bytes for f in entry.files)
 
 
 def download(entry: Entry, folder_url: str, cache: str | Path | None = None, progress: bool = True) -> Path:
     """The entry's files, verified, in `CACHE/backbones/NAME-DIGEST/` (renamed into place whole)."""
+    from shards.runlock import locked
+
     plain(entry.name, f"{folder_url}: backbone")  # an Entry made by hand, not parsed from an index
     top = cache_root(cache)
     root = inside(top / "backbones", top)
     root.mkdir(parents=True, exist_ok=True)
     final = inside(root / f"{entry.name}-{entry.digest}", root)
     staging = inside(root / f".{final.name}.download", root)
-    with _locked(inside(root / f".{final.name}.lock", root)):
+    with locked(inside(root / f".{final.name}.lock", root)):  # ranks of a job take turns; the later find it cached
         if _complete(final, entry):
             return final
         shutil.rmtree(final, ignore_errors=True)  # damaged in the cache: fetch it again

@@ -164,7 +164,7 @@ def run_fold(cfg, fold: int, frames: Frames, train, test, accelerator, backbone_
     )
     pos_weight = pos_weight.to(accelerator.device)
 
-    def normalise(images):  # on the device, as DESIGN.md asks
+    def normalise(images):  # on the device: the loaders carry uint8 frames, a quarter of float32's bytes
         return normalize(images, backbone.mean, backbone.std)
 
     ckpt = checkpoint_dir(cfg, fold)

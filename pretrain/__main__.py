@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 
+from finetune.config import log_to_stdout_off_rank_zero
 from pretrain.config import register
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -34,7 +35,5 @@ if __name__ == "__main__":
     for arg in [a for a in sys.argv[1:] if a.startswith("--local_rank")]:
         sys.argv.remove(arg)
         os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
-    if int(os.environ.get("RANK", "0")) != 0:
-        # One rank writes the run's config and log file; the others only print.
-        sys.argv += ["hydra/job_logging=stdout"]
+    log_to_stdout_off_rank_zero(sys.argv)
     main()

@@ -83,7 +83,7 @@ class MiningConfig:
 
     # bank entries (frames), 4 * embed_dim + 24 bytes each. 16k: the last ~170 steps of the default
     # CPU run (96 frames a step), where exact CPU search of 64k costs ~15-30% of its small step
-    # (`python -m pretrain.bench --mining`); on GPUs (faiss-gpu), 64k and more
+    # (`python -m pretrain.bench mining`); on GPUs (faiss-gpu), 64k and more
     capacity: int = 16384
     k: int = 8  # cross-identity positives per anchor
     negatives: int = 4  # identity-hard negatives per anchor
@@ -103,7 +103,9 @@ class MiningConfig:
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    objectives: dict[str, Any] = field(default_factory=dict)  # name -> {weight, ...its arguments}
+    # name -> {weight, ...its arguments} (configs/objective/): untyped here, each objective's
+    # arguments are typed by its constructor, and build_objectives refuses an unknown objective or argument
+    objectives: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -16,8 +16,6 @@ publishes its final weights the same way into `RUN_DIR/published/`.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import re
 import shutil
@@ -33,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from finetune.hub import CARD_NAME, CONFIG_NAME, INDEX_NAME, INDEX_SCHEMA, MODEL_NAME, HubError, parse_index
 from pretrain.provenance import Provenance
 from shards.atomic import write_text_atomic
+from shards.runlock import locked
 from shards.verify import sha256_of
 
 PREFIX = "encoder.backbone."  # where the frame backbone sits in the trained PretrainModel
@@ -233,15 +232,6 @@ def model_card(name: str, config: dict) -> str:
 # ---------------------------------------------------------------- the index
 
 
-@contextlib.contextmanager
-def _locked(out_dir: Path):
-    """Two publishers into one folder at once must not drop each other's index entries."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / f".{INDEX_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _index_entries(out_dir: Path) -> list[dict]:
     """The entries of `out_dir/index.json` (none when it does not exist yet)."""
     path = out_dir / INDEX_NAME
@@ -271,7 +261,8 @@ def publish_backbone(out_dir: str | Path, name: str, state: dict[str, torch.Tens
     if not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"backbone name {name!r}: use letters, digits, '.', '_' and '-' (one folder name)")
     out_dir = Path(out_dir)
-    with _locked(out_dir):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with locked(out_dir / f".{INDEX_NAME}.lock"):  # two publishers at once must not drop each other's entries
         entries = _index_entries(out_dir)
         if not overwrite and ((out_dir / name).exists() or any(e["name"] == name for e in entries)):
             raise FileExistsError(f"{out_dir / name}: {name!r} is already published here; pass --overwrite to replace it")

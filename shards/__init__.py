@@ -1,6 +1,6 @@
 """auforge clip shards: the `auforge.clip/1` format, its writer and manifest, and the streaming reader.
 
-This package imports no other part of auforge (DESIGN.md): every other part reads data through
+This package imports no other part of auforge (README, "Layout"): every other part reads data through
 `shards.stream` and writes it through `shards.writer`.
 """
 

@@ -75,7 +75,7 @@ def _quickstart(args) -> int:
     from shards.verify import main as verify_main
 
     t0 = time.perf_counter()
-    folder = cached_synthetic(args.clips, frames=16, size=112, identities=20, seed=args.seed, shard_samples=50)
+    folder = cached_synthetic(args.clips, seed=args.seed, shard_samples=50)  # the renderer's defaults otherwise
     print(f"synthetic shards: {folder} ({time.perf_counter() - t0:.1f}s)")
     if verify_main(str(folder)) != 0:
         return 1
@@ -98,18 +98,22 @@ def _quickstart(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shards.synthetic import SynthSettings  # the one home of the synthetic set's defaults
+
     parser = argparse.ArgumentParser(prog="python -m shards", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="render synthetic face clips into auforge.clip/1 shards")
     p.add_argument("--out", required=True)
-    p.add_argument("--clips", type=int, default=200)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=112)
-    p.add_argument("--identities", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-samples", type=int, default=100)
-    p.add_argument("--heldout", type=float, default=0.2, help="share of identities held out (split 'heldout')")
+    p.add_argument("--clips", type=int, default=SynthSettings.clips, help="(default %(default)s)")
+    p.add_argument("--frames", type=int, default=SynthSettings.frames, help="frames per clip (default %(default)s)")
+    p.add_argument("--size", type=int, default=SynthSettings.size, help="square frame side (default %(default)s)")
+    p.add_argument("--identities", type=int, default=SynthSettings.identities, help="(default %(default)s)")
+    p.add_argument("--seed", type=int, default=SynthSettings.seed, help="(default %(default)s)")
+    p.add_argument("--shard-samples", type=int, default=SynthSettings.shard_samples,
+                   help="clips per shard (default %(default)s)")  # fmt: skip
+    p.add_argument("--heldout", type=float, default=SynthSettings.heldout,
+                   help="share of identities held out (split 'heldout'; default %(default)s)")  # fmt: skip
     p.add_argument("--part", type=_part, help="K/N: write only part K (from 0) of N of the clips, for `merge`")
     p.set_defaults(run=_synth)
 

@@ -1,4 +1,4 @@
-"""`ClipBatch`: what the streaming reader yields and the training loops consume (DESIGN.md)."""
+"""`ClipBatch`: what the streaming reader yields and the training loops consume (README, "Streaming")."""
 
 from __future__ import annotations
 

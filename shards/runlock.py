@@ -1,5 +1,6 @@
-"""One start per run directory: an exclusive lock that the job holds for its life (pretraining
-and fine-tuning both take it before they write anything there)."""
+"""File locks (flock). One start per run directory: an exclusive lock that the job holds for its
+life (pretraining and fine-tuning both take it before they write anything there); and `locked`,
+for a short step that processes take in turn."""
 
 from __future__ import annotations
 
@@ -54,6 +55,16 @@ def lock_run_dir(run_dir: str | Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{holder}\n".encode(), 0)
     _held[run_dir] = fd
+
+
+@contextlib.contextmanager
+def locked(path: str | Path):
+    """Hold an exclusive flock on the file `path` (created if missing) for the `with` block,
+    waiting while another process holds it: ranks fetching one backbone, or publishers into one
+    index, take turns. Unlike `lock_run_dir`, which refuses a second holder."""
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def unlock_run_dir(run_dir: str | Path) -> None:

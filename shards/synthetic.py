@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -250,23 +251,40 @@ def occurrence(intensity: np.ndarray) -> np.ndarray:
     return (intensity >= 1.0).astype(np.int8)
 
 
-def write_synthetic(out_dir, clips: int, frames: int = 16, size: int = 112, identities: int = 20, seed: int = 0,
-                    shard_samples: int = 100, heldout: float = 0.2, name: str = "synth",
-                    part: tuple[int, int] | None = None) -> Manifest:  # fmt: skip
+@dataclass
+class SynthSettings:
+    """What names a synthetic set: the same settings give byte-identical shards, and
+    `cached_synthetic` names its folder by them. These defaults are the only ones: `write_synthetic`,
+    `cached_synthetic` and `python -m shards synth` take theirs from here, and the Hydra schema
+    (`finetune.config.SyntheticConfig`) changes only the set's size."""
+
+    clips: int = 200
+    frames: int = 16  # stored (rendered) frames per clip
+    size: int = 112  # square frame side in pixels
+    identities: int = 20  # people, each in VIDEOS_PER_PERSON videos
+    seed: int = 0
+    shard_samples: int = 100  # clips per shard
+    heldout: float = 0.2  # share of the identities held out (split 'heldout'; 0: none)
+
+
+def write_synthetic(out_dir, clips: int = SynthSettings.clips, *, name: str = "synth",
+                    part: tuple[int, int] | None = None, **settings) -> Manifest:  # fmt: skip
     """Render `clips` clips into shards under `out_dir`: the training split first, then the
-    held-out identities' split (absent when `heldout` is 0). Returns the manifest.
+    held-out identities' split (absent when `heldout` is 0). `settings`: the other fields of
+    `SynthSettings` (its defaults for the rest). Returns the manifest.
 
     `part=(k, n)` renders only part k of n of the clips (a task of a job array): its shards go
     beside the other parts' and its manifest to `.parts/`, for `shards.parts.merge`."""
-    settings = dict(clips=clips, frames=frames, size=size, identities=identities, seed=seed, heldout=heldout)
-    builder = {"name": "auforge.shards.synthetic", "version": 2, "settings": settings}
-    renderer = Renderer(seed, identities, frames, size)
-    held = heldout_people(seed, identities, heldout)
+    s = SynthSettings(clips, **settings)
+    recorded = {k: v for k, v in asdict(s).items() if k != "shard_samples"}  # how the shards roll is not recorded
+    builder = {"name": "auforge.shards.synthetic", "version": 2, "settings": recorded}
+    renderer = Renderer(s.seed, s.identities, s.frames, s.size)
+    held = heldout_people(s.seed, s.identities, s.heldout)
     order = {"train": [], "heldout": []}
-    for i in range(clips) if part is None else parts.part_range(clips, *part):
+    for i in range(s.clips) if part is None else parts.part_range(s.clips, *part):
         order["heldout" if renderer.person_of(i) in held else "train"].append(i)
     shard_name = name if part is None else parts.part_name(name, part[0])
-    with ShardWriter(out_dir, shard_name, au_names=AU_NAMES, builder=builder, max_samples=shard_samples,
+    with ShardWriter(out_dir, shard_name, au_names=AU_NAMES, builder=builder, max_samples=s.shard_samples,
                      manifest_name=MANIFEST_NAME if part is None else None) as writer:  # fmt: skip
         for split, indices in order.items():
             if not indices:
@@ -285,15 +303,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("AUFORGE_CACHE", Path.home() / ".cache" / "auforge"))
 
 
-def cached_synthetic(clips: int, frames: int = 16, size: int = 112, identities: int = 20, seed: int = 0,
-                     shard_samples: int = 100, heldout: float = 0.2) -> Path:  # fmt: skip
-    """A synthetic set in the cache, generated on first use; the folder is named by its settings.
+def cached_synthetic(clips: int = SynthSettings.clips, **settings) -> Path:
+    """A synthetic set in the cache, generated on first use; the folder is named by its settings
+    (`SynthSettings`: `settings` are its other fields, its defaults for the rest).
 
     Generation goes to a temporary folder renamed into place when complete, so an interrupted
     generation is never mistaken for a finished one.
     """
-    settings = dict(clips=clips, frames=frames, size=size, identities=identities, seed=seed,
-                    shard_samples=shard_samples, heldout=heldout)  # fmt: skip
+    settings = asdict(SynthSettings(clips, **settings))
     tag = hashlib.sha256(json.dumps({**settings, "version": 2}, sort_keys=True).encode()).hexdigest()[:12]
     final = cache_root() / "synthetic" / f"synth-{tag}"
     if not (final / "manifest.json").exists():

@@ -1,4 +1,4 @@
-"""BP4D in its released layout (REFERENCE.md, "Released layouts of BP4D and DISFA").
+"""BP4D in its released layout, as its owners distribute it (the layout below).
 
 * Occurrence labels: `AUCoding/AU_OCC/{subject}_{task}.csv` (also `AUCoding/AUCoding/` or
   `AUCoding/`, matched without case). A header row `0,1,2,...,99`; column `0` is the frame

@@ -1,4 +1,4 @@
-"""DISFA in its released layout (REFERENCE.md, "Released layouts of BP4D and DISFA").
+"""DISFA in its released layout, as its owners distribute it (the layout below).
 
 * Videos: `Videos_LeftCamera/LeftVideoSN001_comp.avi` (or `Video_RightCamera/...`; case and
   the plural vary between copies, so names are matched without case). 4,845 frames per video at
