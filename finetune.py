@@ -4,16 +4,15 @@ Hydra config: configs/finetune.yaml; see finetune/train.py for the job.
 """
 
 import sys
-from pathlib import Path
 
 import hydra
 
-from finetune.config import log_to_stdout_off_rank_zero, register
+from finetune.config import CONFIG_DIR, log_to_stdout_off_rank_zero, register
 
 register()
 
 
-@hydra.main(config_path=str(Path(__file__).resolve().parent / "configs"), config_name="finetune", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="finetune", version_base=None)
 def main(cfg) -> None:
     from finetune.train import fit
 

@@ -119,10 +119,20 @@ def register() -> None:
     ConfigStore.instance().store(name="finetune_schema", node=FinetuneConfig)
 
 
+# The Hydra config tree of every job (pretraining, fine-tuning, their SLURM submissions, benchmarks).
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def launched_rank_zero() -> bool:
+    """Whether this process is rank 0 of its launcher (accelerate, torchrun, deepspeed, SLURM's
+    tasks export RANK), or was started alone; read before any process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def log_to_stdout_off_rank_zero(argv: list[str]) -> None:
     """Both jobs' entry points, before Hydra parses `argv`: one rank (RANK 0, or no launcher) writes
     the run's log file; the others log to stdout only."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not launched_rank_zero():
         argv.append("hydra/job_logging=stdout")
 
 

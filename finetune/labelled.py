@@ -17,7 +17,7 @@ from PIL import Image
 
 from shards.geometry import face_crops
 from shards.manifest import Manifest
-from shards.stream import ClipStream
+from shards.stream import ClipStream, spread_stride
 
 
 @dataclass
@@ -46,9 +46,8 @@ def shard_frames(source: str, size: int, clip_frames: int, split: str | None = N
     landmarks (where the shards have them) into `size` x `size` crops."""
     manifest = Manifest.load(source) if Path(source).exists() else None
     stored = manifest.frames_per_clip if manifest else clip_frames
-    stride = max(1, stored // clip_frames)
-    stream = ClipStream(source, split=split, frames=clip_frames, stride=stride, batch_size=32, mode="exact",
-                        rank=0, world=1, num_workers=0)  # fmt: skip
+    stream = ClipStream(source, split=split, frames=clip_frames, stride=spread_stride(stored, clip_frames), batch_size=32,
+                        mode="exact", rank=0, world=1, num_workers=0)  # fmt: skip
     if not stream.au_names:
         raise ValueError(f"{source}: these shards carry no AU labels (no au_names in the manifest)")
     images, occ, intensity, subjects, sequences, order = [], [], [], [], [], []

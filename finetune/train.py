@@ -18,7 +18,6 @@ import copy
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.backbone import load_backbone
-from finetune.config import save_run_config
+from finetune.config import launched_rank_zero, save_run_config
 from finetune.evaluation import evaluate
 from finetune.folds import combine_folds
 from finetune.labelled import ClipDataset, FrameDataset, Frames, clip_windows, shard_frames
@@ -288,7 +287,7 @@ def fit(cfg) -> dict:
         return out
 
     cfg = with_settings(cfg, run_dir=job_run_dir(cfg))
-    if int(os.environ.get("RANK", "0")) == 0:  # two starts here would train into the same checkpoints
+    if launched_rank_zero():  # two starts here would train into the same checkpoints
         lock_run_dir(cfg.run_dir)
     runs = {float(f): with_settings(cfg, label_fraction=float(f), sweep_fractions=[],
                                     run_dir=str(Path(cfg.run_dir) / f"fraction_{f:g}"))
@@ -296,14 +295,14 @@ def fit(cfg) -> dict:
     for run in list(runs.values()) or [cfg]:
         for fold in folds_of(run):
             resumable_epoch(run, fold)
-    if int(os.environ.get("RANK", "0")) == 0:  # this run's own directory: its config is saved with it
+    if launched_rank_zero():  # this run's own directory: its config is saved with it
         save_run_config(cfg, cfg.run_dir)
     if not runs:
         return fit_one(cfg)
     results = {f: fit_one(run) for f, run in runs.items()}
     key = "f1" if cfg.task == "detection" else "icc"
     points = {f: r["mean"][key] for f, r in results.items()}
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launched_rank_zero():
         plot_label_fraction(points, Path(cfg.run_dir) / "label_fraction.png", metric=f"mean {key.upper()}")
         write_metrics(Path(cfg.run_dir) / "label_fraction.json", {str(f): v for f, v in points.items()})
         print("label fraction -> mean " + key + ": " + ", ".join(f"{f:g}: {v:.3f}" for f, v in points.items()))

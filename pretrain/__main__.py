@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import hydra
 
-from finetune.config import log_to_stdout_off_rank_zero
+from finetune.config import CONFIG_DIR, log_to_stdout_off_rank_zero
 from pretrain.config import register
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 register()
 
 

@@ -23,7 +23,7 @@ from finetune.protocol import labelled_subset
 from shards.batch import normalize
 from shards.geometry import face_crops
 from shards.manifest import Manifest
-from shards.stream import ClipStream
+from shards.stream import ClipStream, spread_stride
 
 
 @torch.no_grad()
@@ -60,7 +60,7 @@ def probe_encoder(encoder, cfg, source, image_size: int, mean, std, device) -> d
     (the run's provenance: what the encoder trained on)."""
     ev, data = cfg.eval, cfg.data
     manifest = Manifest.load(source) if Path(source).exists() else None
-    stride = max(1, manifest.frames_per_clip // ev.frames) if manifest else 1  # frames spread over the clip
+    stride = spread_stride(manifest.frames_per_clip, ev.frames) if manifest else 1
     train = extract(encoder, source, data.train_split, ev.probe_clips, ev.frames, image_size, mean, std, device,
                     stride=stride)  # fmt: skip
     test = extract(encoder, source, data.eval_split, None, ev.frames, image_size, mean, std, device, stride=stride)

@@ -353,6 +353,12 @@ class _WorkerStream(IterableDataset):
         return ClipBatch(frames=frames, valid=valid, **batch)
 
 
+def spread_stride(stored: int, frames: int) -> int:
+    """The stride at which `frames` sampled frames spread over a stored clip of `stored` frames
+    (fine-tuning's and the probes' frames of a clip, unlike pretraining's windows at data.stride)."""
+    return max(1, stored // frames)
+
+
 def resize_frames(frames: torch.Tensor, side: int) -> torch.Tensor:
     """uint8 [B, T, 3, H, W] to [B, T, 3, side, side], bilinear with antialiasing, no augmentation."""
     b, t = frames.shape[:2]

@@ -3,9 +3,7 @@ before anything waits in the queue."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from finetune.config import CONFIG_DIR
 
 
 class BadOverrides(ValueError):
@@ -25,7 +23,7 @@ def compose(config_name: str, overrides: list[str]):
         from finetune.config import register
     register()
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise BadOverrides(f"{config_name} overrides {' '.join(overrides) or '(none)'}: {e}") from None

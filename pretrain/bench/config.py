@@ -36,7 +36,10 @@ def compose(args: argparse.Namespace, run_dir: str, *last: str):
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
-    from pretrain.__main__ import CONFIG_DIR  # the job's config tree, its schema registered
+    from finetune.config import CONFIG_DIR
+    from pretrain.config import register
+
+    register()
 
     flags = [
         f"model.arch={args.arch}", f"data.resize={args.size}", f"data.frames={args.frames}",
