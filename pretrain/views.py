@@ -40,3 +40,8 @@ class Encoded:
         frame n of view 0 for n < L, frame n - L of view 1 after. The rows the memory bank is
         asked about and the cross-identity objectives score."""
         return torch.cat([v.au for v in self.views], dim=1).float()
+
+    def anchor_rows(self, view: int) -> slice:
+        """Where view `view`'s frames sit among the rows of `anchors()` (and so of `mining`)."""
+        start = sum(v.au.shape[1] for v in self.views[:view])
+        return slice(start, start + self.views[view].au.shape[1])

@@ -95,6 +95,7 @@ def checkpoint(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:06d}"
 
 
+@pytest.mark.slow
 def test_the_marker_records_every_file_with_its_sha256(run_dir, two_saved):
     folder = checkpoint(run_dir, 2)
     files = json.loads((folder / "COMPLETE").read_text())["files"]
@@ -105,6 +106,7 @@ def test_the_marker_records_every_file_with_its_sha256(run_dir, two_saved):
         assert saved == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+@pytest.mark.slow
 def test_flipped_bytes_in_the_newest_model_states_fall_back_to_the_previous(run_dir, two_saved, caplog):
     """600 bytes flipped inside a weight tensor: torch.load reads them without complaint, so only
     the digest can tell; resumption takes step 1, with its weights, and says which file is bad."""
@@ -122,6 +124,7 @@ def test_flipped_bytes_in_the_newest_model_states_fall_back_to_the_previous(run_
     assert f"{model_file}: sha256" in warnings_of(caplog) and "step_000002 is unreadable" in warnings_of(caplog)
 
 
+@pytest.mark.slow
 def test_a_damaged_run_json_in_the_newest_falls_back_to_the_previous(run_dir, two_saved, caplog):
     (checkpoint(run_dir, 2) / "run.json").write_text('{"config": {"model.ar')  # cut short
     with caplog.at_level(logging.WARNING, logger="pretrain.checkpoint"):
@@ -131,6 +134,7 @@ def test_a_damaged_run_json_in_the_newest_falls_back_to_the_previous(run_dir, tw
     assert f"{checkpoint(run_dir, 2) / 'run.json'}:" in warnings_of(caplog)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["cut short", "missing"])
 def test_a_damaged_or_missing_index_is_rebuilt_from_the_markers(run_dir, two_saved, caplog, damage):
     index = run_dir / "checkpoints" / "complete.json"
@@ -149,6 +153,7 @@ def test_a_damaged_or_missing_index_is_rebuilt_from_the_markers(run_dir, two_sav
     assert json.loads(index.read_text()) == ["step_000001", "step_000002", "step_000003"]
 
 
+@pytest.mark.slow
 def test_when_every_checkpoint_is_damaged_resumption_stops_and_keeps_them(run_dir, two_saved, caplog):
     """Starting afresh would delete the damaged checkpoints at its first save (they are not in
     the new index), and a filesystem that failed for a moment would cost the whole run: refuse."""
@@ -163,6 +168,7 @@ def test_when_every_checkpoint_is_damaged_resumption_stops_and_keeps_them(run_di
     assert checkpoint(run_dir, 1).exists() and checkpoint(run_dir, 2).exists()
 
 
+@pytest.mark.slow
 def test_a_marker_without_digests_still_resumes_unverified(run_dir, two_saved, caplog):
     (checkpoint(run_dir, 2) / "COMPLETE").write_text("2\n")  # as checkpoints were marked before digests
     with caplog.at_level(logging.WARNING, logger="pretrain.checkpoint"):
@@ -203,6 +209,7 @@ def _rank(rank: int, folder: str) -> None:  # runs in a spawned process
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_cover_every_partition_and_fall_back_together(tmp_path):
     """Rank 0 hashes the folder after every rank has saved, so rank 1's optimizer partition is
     in the marker; rank 0's verdict on it sends both ranks back to step 1."""

@@ -43,6 +43,7 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.mark.slow
 def test_two_processes_detection_writes_metrics_table_and_plot(tmp_path, cache):
     proc = finetune(tmp_path / "run", cache, "backbone=resnet18", "label_fraction=0.5", processes=2)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -55,6 +56,7 @@ def test_two_processes_detection_writes_metrics_table_and_plot(tmp_path, cache):
         assert image.width > 200 and len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)) > 4
 
 
+@pytest.mark.slow
 def test_all_folds_reports_each_and_the_mean(tmp_path, cache):
     finetune(tmp_path / "run", cache, "backbone=resnet18", "fold=all")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -64,6 +66,7 @@ def test_all_folds_reports_each_and_the_mean(tmp_path, cache):
     assert metrics["mean"]["f1"] == pytest.approx(float(np.nanmean(per_fold)), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_full_finetuning_of_a_published_backbone_for_intensity_and_resume(tmp_path, cache):
     """Publish-format folder in, layer-wise decayed fine-tuning, intensity metrics; a second run
     with more epochs resumes after the first's last epoch."""
@@ -86,6 +89,7 @@ def test_full_finetuning_of_a_published_backbone_for_intensity_and_resume(tmp_pa
     assert "resumed after epoch 1" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_settings_are_refused_clearly(tmp_path, cache):
     with pytest.raises(ValueError, match="no such folder"):
         load_backbone("not_an_architecture_or_folder")
@@ -95,6 +99,7 @@ def test_bad_settings_are_refused_clearly(tmp_path, cache):
     assert proc.returncode != 0 and "task must be detection or intensity" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path, cache):
     from shards.runlock import lock_run_dir, unlock_run_dir
 
@@ -108,6 +113,7 @@ def test_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path, cache):
     assert not (run_dir / "fold1").exists() and not (run_dir / "hydra").exists()  # nothing written there
 
 
+@pytest.mark.slow
 def test_a_run_directory_of_another_configuration_is_refused(tmp_path, cache):
     """The 0.02 model's checkpoint must not be resumed and reported under label_fraction=1."""
     run_dir = tmp_path / "run"
@@ -137,6 +143,7 @@ def test_only_where_it_writes_loader_workers_and_epochs_may_change_on_resume():
                                       "label_fraction: 1.0 -> 0.02"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_multirun_jobs_get_their_own_run_directories(tmp_path, cache):
     """`finetune.py -m label_fraction=0.5,1.0`: job N writes to RUN_DIR/N, and neither resumes the other."""
     sweep = tmp_path / "sweep"
@@ -148,6 +155,7 @@ def test_multirun_jobs_get_their_own_run_directories(tmp_path, cache):
     assert not (sweep / "fold1").exists() and not (sweep / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_bp4d_job_reads_image_root_and_refuses_folds_it_cannot_fill(tmp_path, cache):
     from test_finetune_data import make_bp4d
 
@@ -170,6 +178,7 @@ def test_bp4d_job_reads_image_root_and_refuses_folds_it_cannot_fill(tmp_path, ca
     assert "fold 1 would test on nobody" in out and "1 subject(s): p1" in out
 
 
+@pytest.mark.slow
 def test_label_fraction_sweep_plots_f1_against_the_fraction(tmp_path, cache):
     proc = finetune(tmp_path / "run", cache, "backbone=resnet18", "sweep_fractions=[0.1,1.0]")
     points = json.loads((tmp_path / "run" / "label_fraction.json").read_text())
@@ -208,6 +217,7 @@ def test_identity_adversary_reverses_the_gradient_into_the_features():
     assert all(p.grad is not None for p in adversary.classifier.parameters())  # the head itself still learns
 
 
+@pytest.mark.slow
 def test_temporal_head_on_clips_takes_the_loss_at_labelled_frames_only(tmp_path, cache):
     from finetune.labelled import ClipDataset, Frames, clip_windows
 

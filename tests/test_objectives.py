@@ -177,6 +177,7 @@ def test_temporal_margin_positive_for_collapsed_embeddings():
     assert float(TemporalMargin(d, margin=0.0)(None, views_of([same], [times]))["temporal_margin"]) == 0.0
 
 
+@pytest.mark.slow
 def test_temporal_margin_trains_a_clip_encoder():
     model = tiny_model({"temporal_margin": {"margin": 0.5}})
     clips = fixed_clips(4, 6, seed=0)
@@ -440,6 +441,7 @@ def test_landmark_geometry_whitens_its_targets_and_skips_unknown_landmarks():
         objective(None, Encoded([View(features=features[0])]))
 
 
+@pytest.mark.slow
 def test_landmark_geometry_trains_a_real_encoder_to_read_the_face_shape():
     """A tiny ClipEncoder on clips whose 'landmarks' are a function of the pixels lowers the loss
     well below 1, the score of knowing nothing."""

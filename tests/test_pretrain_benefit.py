@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from test_pretrain_run import ROOT, env
 
+pytestmark = pytest.mark.slow  # the README's main job, end to end
+
 MARGIN = 0.02  # mean F1 points the pretrained backbone must gain; measured gain about 0.06
 
 

@@ -151,6 +151,7 @@ def test_bad_values_are_refused_with_the_config_naming_the_key(override, message
     assert message in str(refused.value)
 
 
+@pytest.mark.slow
 def test_bad_value_stops_the_command_in_one_line_before_deepspeed(tmp_path, cache):
     proc = run(tmp_path / "run", cache, steps=3, extra=["train.batch_size=0"], check=False)
     assert proc.returncode == 2 and "python -m pretrain: train.batch_size=0: must be an integer >= 1" in proc.stderr
@@ -158,6 +159,7 @@ def test_bad_value_stops_the_command_in_one_line_before_deepspeed(tmp_path, cach
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_second_start_in_a_busy_run_directory_is_refused_and_writes_nothing_there(tmp_path, cache):
     """Two starts in one directory would train side by side into the same checkpoints: the
     second is refused naming the holder, before it renders, trains or saves its config there."""
@@ -178,6 +180,7 @@ def test_a_second_start_in_a_busy_run_directory_is_refused_and_writes_nothing_th
         first.wait()
 
 
+@pytest.mark.slow
 def test_a_fatal_error_ends_the_run_and_its_workers(tmp_path, cache):
     """A run that fails after its data workers started (here every clip's frames are corrupt, so
     the stream gives up) exits with an error status by itself: the workers block the stop signals,
@@ -198,6 +201,7 @@ def test_a_fatal_error_ends_the_run_and_its_workers(tmp_path, cache):
     assert "bad samples in a row" in proc.stderr and time.time() - started < 100
 
 
+@pytest.mark.slow
 def test_when_one_rank_fails_its_peers_end_too(tmp_path, cache):
     """Two ranks; rank 1 fails (one of its data workers is killed, so its stream raises). Rank 0,
     blocked in a collective that can no longer complete, must not wait for a launcher's SIGKILL
@@ -224,6 +228,7 @@ def test_when_one_rank_fails_its_peers_end_too(tmp_path, cache):
     assert ended < 20, f"the run took {ended:.0f}s to end (torchrun's own grace is 30s)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_killed_run_resumes_to_the_same_losses(tmp_path, tmp_path_factory, cache, ranks):
     """A run killed after step 4 resumes from its step-3 checkpoint and logs, step by step, the
@@ -246,6 +251,7 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path, tmp_path_factory, cache
     assert (broken / "checkpoints" / "step_000006" / "bank.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_stop_signal_to_one_rank_saves_and_resumes_to_the_same_losses(tmp_path, tmp_path_factory, cache):
     """SLURM's warning signal (SIGUSR1), here delivered to one of two ranks only: both stop at the
     same step boundary, save a complete checkpoint there (not on the ckpt_every schedule), and
@@ -275,6 +281,7 @@ def test_stop_signal_to_one_rank_saves_and_resumes_to_the_same_losses(tmp_path, 
     assert_same_losses(reference(tmp_path_factory, cache, ranks=2), losses(stopped), range(1, 8))
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, cache):
     run_dir = tmp_path / "run"
     run(run_dir, cache, steps=6)  # checkpoints at 3 and 6
@@ -288,6 +295,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, cache):
     assert_same_losses(reference, redone, range(4, 7))
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_with_what_changed(tmp_path, cache):
     run_dir = tmp_path / "run"
     run(run_dir, cache, steps=3)
@@ -304,6 +312,7 @@ def test_changed_config_is_refused_with_what_changed(tmp_path, cache):
     assert sorted(losses(run_dir)) == list(range(1, 7))
 
 
+@pytest.mark.slow
 def test_probes_during_and_after_training_and_logs(tmp_path, cache):
     """Evaluation every 2 steps and at the end: AU linear and kNN probes on held-out identities,
     identity leakage with chance, the random-init baseline; TensorBoard events and the summary."""
@@ -325,6 +334,7 @@ def test_probes_during_and_after_training_and_logs(tmp_path, cache):
     assert (run_dir / "hydra" / "config.yaml").exists()  # the resolved config is saved with the run
 
 
+@pytest.mark.slow
 def test_deepspeed_launcher_runs_the_same_entry(tmp_path, cache):
     """The deepspeed launcher (it appends --local_rank) runs two ranks of the same config to the
     same losses as torchrun."""
@@ -350,6 +360,7 @@ def built_videos(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_built_shards_refuse_the_landmark_objective_at_configuration(tmp_path, cache, built_videos):
     proc = subprocess.run([sys.executable, "-m", "pretrain", "data=shards", f"data.source={built_videos}",
                            f"train.run_dir={tmp_path / 'run'}"], env=env(cache), cwd=ROOT, capture_output=True,
@@ -359,6 +370,7 @@ def test_built_shards_refuse_the_landmark_objective_at_configuration(tmp_path, c
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_built_shards_refuse_a_window_longer_than_their_clips_in_one_line(tmp_path, cache, built_videos):
     proc = subprocess.run([sys.executable, "-m", "pretrain", "data=shards", f"data.source={built_videos}",
                            "objective=temporal", "data.frames=16", "data.stride=2", f"train.run_dir={tmp_path / 'run'}"],
@@ -367,6 +379,7 @@ def test_built_shards_refuse_a_window_longer_than_their_clips_in_one_line(tmp_pa
     assert "clips hold 16 frames, but frames=16 at stride=2 needs 31" in proc.stderr
 
 
+@pytest.mark.slow
 def test_built_shards_pretrain_with_the_shards_defaults(tmp_path, cache, built_videos):
     """`data=shards` as configured serves what `shards build` writes: the pixel-only objectives
     train on it with no bad sample, the AU probes are skipped (no labels) and the backbone is published."""

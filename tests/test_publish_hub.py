@@ -176,6 +176,7 @@ def zero2_run(tmp_path_factory) -> tuple[Path, Path]:
     return run_dir, cache
 
 
+@pytest.mark.slow
 def test_zero2_checkpoint_of_two_ranks_exports_the_live_weights(zero2_run, tmp_path):
     run_dir, cache = zero2_run
     checkpoint = run_dir / "checkpoints" / "step_000002"
@@ -216,6 +217,7 @@ def test_zero2_checkpoint_of_two_ranks_exports_the_live_weights(zero2_run, tmp_p
     assert [e["name"] for e in json.loads((out / "index.json").read_text())["backbones"]] == ["exported"]
 
 
+@pytest.mark.slow
 def test_zero0_checkpoint_exports_the_live_weights(tmp_path, monkeypatch):
     """Stage 0 keeps the whole module in its model-states file: the same export, another path. The
     checkpoint carries what the run derived from its data (run.json's provenance), so it publishes
@@ -263,6 +265,7 @@ with torch.no_grad():
 """
 
 
+@pytest.mark.slow
 def test_publish_serve_download_verify_and_load_in_plain_timm(site, tmp_path, monkeypatch):
     model = trained_like(seed=1)
     x = torch.randn(3, 3, 32, 32)
@@ -398,6 +401,7 @@ def hf_cached_repo(hf_cache: Path, repo: str, folder: Path) -> Path:
     return base / "blobs" / sha256(folder / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_hugging_face_hub_offline(tmp_path):
     offline = {"HF_HUB_OFFLINE": "1"}
     cache = tmp_path / "cache"

@@ -80,6 +80,7 @@ def test_merge_names_what_is_missing_or_inconsistent(tmp_path):
         merge(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_writes_parts_and_merges(tmp_path):
     out = tmp_path / "set"
     args = ["--clips", "6", "--frames", "4", "--size", "32", "--identities", "3", "--shard-samples", "2", "--heldout", "0"]

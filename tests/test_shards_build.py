@@ -95,6 +95,7 @@ def test_parts_merge_into_the_set_one_build_writes(videos, tmp_path):
     assert len(held) == 1 and len(train) == 2 and not held & train
 
 
+@pytest.mark.slow
 def test_cli_reports_the_skipped_videos_and_the_set_verifies(videos, tmp_path):
     out = tmp_path / "set"
     proc = subprocess.run([sys.executable, "-m", "shards", "build", str(videos), "--out", str(out), "--frames", "4",

@@ -31,6 +31,8 @@ from test_pretrain_run import TINY as PRETRAIN_TINY
 from test_pretrain_run import losses
 from test_shards_build import write_mp4
 
+pytestmark = pytest.mark.slow  # every test here submits to the local SLURM cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "slurm" / "local_cluster.sh"
 STEPS = 14  # room for two interruptions of a run at about 1.4 steps/s on two cores

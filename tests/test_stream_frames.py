@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from shards.manifest import Manifest
 from shards.stream import ClipStream
@@ -18,7 +17,21 @@ from shards.writer import ShardWriter
 from stream_helpers import take, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = yaml.safe_load((REPO / "configs" / "data" / "shards.yaml").read_text())
+
+
+def shards_data_config() -> dict:
+    """`data=shards` as a job resolves it: configs/data/shards.yaml over the schema's defaults."""
+    from hydra import compose, initialize_config_dir
+
+    from finetune.config import CONFIG_DIR
+    from pretrain.config import register
+
+    register()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return dict(compose(config_name="pretrain", overrides=["data=shards", "data.source=x"]).data)
+
+
+DATA = shards_data_config()
 
 
 @pytest.fixture(scope="module")

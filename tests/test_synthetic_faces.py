@@ -440,6 +440,7 @@ def _resized_gray(frames: np.ndarray, out: int) -> np.ndarray:
                      for f in frames])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_difficulty_aus_subtle_and_label_hungry_identity_easy():
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score, roc_auc_score

@@ -98,6 +98,7 @@ def test_hf_hub_spec_takes_the_hub_download_path(tmp_path, monkeypatch):
         hub.fetch("hf-hub:", cache=tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_hf_hub_spec_downloads_offline_from_the_cache(tmp_path):
     """huggingface_hub in offline mode, with the repository in its cache as a download leaves it:
     `python -m finetune.hub download hf-hub:...`, and timm's own `hf-hub:` on the same cache."""

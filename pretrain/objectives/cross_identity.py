@@ -142,15 +142,15 @@ class CrossIdentityReconstruction(Objective):
 
     def forward(self, batch, encoded: Encoded) -> dict[str, torch.Tensor]:
         view = encoded.views[0]
-        b, length = view.au.shape[:2]
         if view.input is None:
             raise ValueError("cross_identity_recon needs the views' input frames (PretrainModel.encode keeps them)")
         target = F.interpolate(view.input.flatten(0, 1).float(), size=(self.size, self.size), mode="area")
         au = l2n(view.au.float()).flatten(0, 1)
         identity = self.identity_head(view.features.float()).flatten(0, 1)
         nearest = encoded.mining.positives
-        neighbour = nearest.embedding[:, :length, 0].flatten(0, 1).to(au)  # view 0's anchors, best neighbour
-        has = nearest.valid[:, :length, 0].flatten()
+        rows = encoded.anchor_rows(0)
+        neighbour = nearest.embedding[:, rows, 0].flatten(0, 1).to(au)  # view 0's anchors, best neighbour
+        has = nearest.valid[:, rows, 0].flatten()
         own = F.mse_loss(self.decoder(torch.cat([identity, au], 1)), target)
         # every frame goes through the decoder, those without a neighbour weighted 0: each rank
         # then has a gradient for every weight, as the data-parallel all-reduce expects
