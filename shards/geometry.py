@@ -20,6 +20,64 @@ ALIGN_TEMPLATE = np.array([[0.30, 0.40], [0.413, 0.40], [0.587, 0.40], [0.70, 0.
                            [0.50, 0.595]], np.float32)  # fmt: skip
 
 
+# The mean aligned face: iBUG-68 landmarks in the aligned crop's unit square, averaged over 2,560
+# aligned frames of the synthetic benchmark's training people (a mean shape, as 300-W's is the
+# mean of its annotated faces). Objectives that need AU places without reading any frame's
+# landmarks (`roi_inpaint`'s patches, the face mask of `flow`) read them here: after alignment
+# every face is close to it, and the AU regions are a ruler's fraction wide.
+MEAN_FACE = np.array([
+    [0.174, 0.388], [0.165, 0.478], [0.164, 0.563], [0.173, 0.643], [0.191, 0.718], [0.219, 0.787],
+    [0.256, 0.848], [0.307, 0.899], [0.500, 0.932], [0.693, 0.899], [0.744, 0.848], [0.782, 0.787],
+    [0.809, 0.718], [0.827, 0.643], [0.836, 0.563], [0.836, 0.477], [0.827, 0.388], [0.271, 0.323],
+    [0.306, 0.314], [0.341, 0.311], [0.375, 0.313], [0.410, 0.321], [0.590, 0.321], [0.625, 0.313],
+    [0.659, 0.311], [0.694, 0.314], [0.729, 0.323], [0.500, 0.400], [0.500, 0.457], [0.500, 0.515],
+    [0.500, 0.572], [0.459, 0.586], [0.480, 0.594], [0.500, 0.597], [0.520, 0.594], [0.541, 0.585],
+    [0.304, 0.399], [0.340, 0.375], [0.377, 0.375], [0.413, 0.399], [0.377, 0.413], [0.340, 0.413],
+    [0.587, 0.399], [0.623, 0.375], [0.660, 0.375], [0.696, 0.399], [0.660, 0.413], [0.623, 0.413],
+    [0.392, 0.694], [0.433, 0.676], [0.473, 0.673], [0.500, 0.678], [0.527, 0.673], [0.567, 0.676],
+    [0.609, 0.694], [0.567, 0.721], [0.527, 0.729], [0.500, 0.730], [0.473, 0.729], [0.433, 0.721],
+    [0.405, 0.694], [0.457, 0.692], [0.500, 0.692], [0.544, 0.692], [0.596, 0.694], [0.544, 0.703],
+    [0.500, 0.704], [0.457, 0.703],
+], np.float32)  # fmt: skip
+
+# JAA-Net's AU centres (Shao et al.): on the 49 inner points of IntraFace's scheme (iBUG-68 without
+# the jaw, 0-16, and the inner mouth corners, 60 and 64), two symmetric points per AU, each moved
+# vertically by a fraction of the ruler (the inner eye corners' horizontal distance; + is down).
+INNER_49 = [i for i in range(17, 68) if i not in (60, 64)]
+AU_CENTRE_RULES = {
+    "AU1": ((4, 5), -1 / 2), "AU2": ((1, 8), -1 / 3), "AU4": ((2, 7), 1 / 3), "AU6": ((24, 29), 1.0),
+    "AU7": ((21, 26), 0.0), "AU9": ((15, 17), -1 / 2), "AU10": ((43, 45), 0.0), "AU12": ((31, 37), 0.0),
+    "AU14": ((31, 37), 0.0), "AU15": ((31, 37), 0.0), "AU17": ((39, 41), 1 / 2), "AU23": ((34, 40), 0.0),
+    "AU24": ((34, 40), 0.0), "AU25": ((34, 40), 0.0), "AU26": ((39, 41), 1 / 2),
+}  # fmt: skip
+
+
+def au_centres(landmarks, aus=None):
+    """Each AU's two centres [..., len(aus), 2, 2] from iBUG-68 landmarks [..., 68, 2] (numpy or
+    torch, any unit), by JAA-Net's rule; `aus` defaults to every AU the rule covers."""
+    aus = list(AU_CENTRE_RULES) if aus is None else list(aus)
+    inner = landmarks[..., INNER_49, :]
+    ruler = abs(inner[..., 22, 0] - inner[..., 25, 0])[..., None]  # [..., 1]
+    points = inner[..., [i for au in aus for i in AU_CENTRE_RULES[au][0]], :]  # [..., 2A, 2]
+    shift = np.repeat([AU_CENTRE_RULES[au][1] for au in aus], 2).astype(np.float32)
+    if isinstance(points, torch.Tensor):
+        shift = torch.as_tensor(shift, dtype=points.dtype, device=points.device)
+    x, y = points[..., 0], points[..., 1] + ruler * shift
+    stacked = np.stack([x, y], -1) if isinstance(points, np.ndarray) else torch.stack([x, y], -1)
+    return stacked.reshape(*points.shape[:-2], len(aus), 2, 2)
+
+
+def face_mask(grid: int) -> torch.Tensor:
+    """bool [grid, grid]: the cells of an aligned crop whose centres fall in the face, an ellipse
+    spanning MEAN_FACE from jaw to jaw and from the forehead's AU centres to the chin. What masks
+    the background out of losses on aligned crops without reading any frame's landmarks."""
+    top = float(au_centres(MEAN_FACE)[..., 1].min())
+    (x0, _), (x1, y1) = MEAN_FACE.min(0), MEAN_FACE.max(0)
+    cx, cy, rx, ry = (x0 + x1) / 2, (top + y1) / 2, (x1 - x0) / 2, (y1 - top) / 2
+    centres = (torch.arange(grid) + 0.5) / grid
+    return ((centres[None, :] - cx) / rx) ** 2 + ((centres[:, None] - cy) / ry) ** 2 <= 1
+
+
 def template_transforms(points: torch.Tensor) -> torch.Tensor:
     """Least-squares similarities [N, 2, 3] taking each row of `points` [N, K, 2] (the ALIGN_POINTS
     of N faces) onto ALIGN_TEMPLATE in the unit square; NaN where a face has no landmarks."""
