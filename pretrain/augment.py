@@ -81,7 +81,8 @@ def augment(frames: torch.Tensor, g: torch.Generator, strength: float = 1.0, fra
 def make_views(frames_u8: torch.Tensor, frame_index: torch.Tensor, mean, std, g: torch.Generator,
                length: int, augmented: bool = True, frame_jitter: float = 0.0, strength: float = 1.0,
                landmarks: torch.Tensor | None = None) -> list[View]:  # fmt: skip
-    """Two views of every clip: `input` normalised float [B, L, 3, H, W], `time` [B, L], and with
+    """Two views of every clip: `input` normalised float [B, L, 3, H, W], `time` [B, L], `frames`
+    (the view's uint8 frames before augmentation), and with
     `landmarks` [B, T, P, 2] their rows for the view's frames (as they were before augmentation:
     objectives predict the aligned face, not the crop)."""
     b, t = frames_u8.shape[:2]
@@ -93,11 +94,12 @@ def make_views(frames_u8: torch.Tensor, frame_index: torch.Tensor, mean, std, g:
     for _ in range(2):
         idx = temporal_windows(t, length, b, g, dev)[:, None] + offsets  # [B, L]
         gather = idx.view(b, length, 1, 1, 1).expand(-1, -1, *frames_u8.shape[2:])
-        x = torch.gather(frames_u8, 1, gather).float() / 255.0
+        raw = torch.gather(frames_u8, 1, gather)
+        x = raw.float() / 255.0
         if augmented:
             x = augment(x, g, strength=strength, frame_jitter=frame_jitter)
         time = torch.gather(frame_index.to(dev), 1, idx).float()
         rows = None if landmarks is None else idx.view(b, length, 1, 1).expand(-1, -1, *landmarks.shape[2:])
-        views.append(View(input=(x - mean_t) / std_t, time=time - time[:, :1],
+        views.append(View(input=(x - mean_t) / std_t, time=time - time[:, :1], frames=raw,
                           landmarks=None if landmarks is None else torch.gather(landmarks, 1, rows)))  # fmt: skip
     return views

@@ -76,23 +76,43 @@ class ClipEncoder(nn.Module):
         self.temporal = TEMPORAL[temporal](embed_dim) if TEMPORAL[temporal] else None
         self.channels_last = channels_last
 
-    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features [B, T, F]."""
+    @property
+    def patch_size(self) -> int:
+        """A ViT's patch side (timm's `patch_embed`), 0 for backbones without patches."""
+        embed = getattr(self.backbone, "patch_embed", None)
+        return int(embed.patch_size[0]) if embed is not None and hasattr(embed, "patch_size") else 0
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [..., 3, H, W] -> float, normalised by the backbone's mean and std (as
+        `make_views` normalises the views): for objectives that encode frames of their own."""
+        mean = torch.tensor(self.backbone.pretrained_cfg["mean"], device=frames.device).view(3, 1, 1)
+        std = torch.tensor(self.backbone.pretrained_cfg["std"], device=frames.device).view(3, 1, 1)
+        return (frames.float() / 255.0 - mean) / std
+
+    def frame_features(self, frames: torch.Tensor, maps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pooled backbone features [B, T, F] and, with `maps`, the last stage's feature map
+        [B, T, C, h, w] (timm's `forward_intermediates`, NCHW for every family: a ResNet's last
+        stage, a ViT's patch tokens laid out on their grid, a Swin's last stage)."""
         b, t = frames.shape[:2]
         x = frames.flatten(0, 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True).view(b, t, -1)
+        if not maps:
+            return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True).view(b, t, -1), None
+        final, (grid,) = self.backbone.forward_intermediates(x, indices=1, output_fmt="NCHW")
+        pooled = self.backbone.forward_head(final, pre_logits=True).view(b, t, -1)
+        return pooled, grid.unflatten(0, (b, t))
 
     def embed_clip(self, au: torch.Tensor) -> torch.Tensor:
         """Clip embedding [B, D] from AU embeddings [B, T, D] through the temporal module."""
         h = self.temporal(au) if self.temporal is not None else au
         return h.mean(dim=1)
 
-    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.frame_features(frames)
+    def forward(self, frames: torch.Tensor, maps: bool = False) -> dict[str, torch.Tensor]:
+        features, grid = self.frame_features(frames, maps)
         au = self.au_head(features)
-        return {"features": features, "au": au, "clip": self.embed_clip(au)}
+        out = {"features": features, "au": au, "clip": self.embed_clip(au)}
+        return out if grid is None else {**out, "maps": grid}
 
 
 def l2n(x: torch.Tensor) -> torch.Tensor:

@@ -155,7 +155,7 @@ class Run:
         encoder = build_encoder(cfg, self.provenance.image_size)
         self.mean, self.std = encoder.backbone.pretrained_cfg["mean"], encoder.backbone.pretrained_cfg["std"]
         objectives, weights = build_objectives(OmegaConf.to_container(cfg.objectives, resolve=True), cfg.model.embed_dim,
-                                               encoder.num_features)  # fmt: skip
+                                               encoder.num_features, encoder.patch_size)  # fmt: skip
         bank = None
         if mines(objectives):
             from pretrain.bank import MemoryBank
@@ -164,6 +164,7 @@ class Run:
         # Inputs go channels-last (ClipEncoder); weights stay contiguous, as DeepSpeed's
         # broadcasts and ZeRO's flat buffers need.
         model = PretrainModel(encoder, objectives, weights, bank).to(self.device)
+        model.clock = self._clock
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=0.0,
                                            betas=tuple(cfg.optim.betas))  # fmt: skip
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -224,6 +225,8 @@ class Run:
             marks.append(self._clock())
             for key, start, end in zip(times, marks, marks[1:]):
                 times[key] += end - start
+            for name, seconds in self.model.times.items():  # within the forward
+                times[f"objective:{name}"] = times.get(f"objective:{name}", 0.0) + seconds
             for name, value in {"loss": total, **losses}.items():
                 logged[name] = logged.get(name, 0.0) + float(value.detach()) / cfg.optim.grad_accum
             self.samples += len(batch) * self.world

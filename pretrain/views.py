@@ -2,7 +2,7 @@
 
 `pretrain.augment.make_views` cuts two temporal views from each clip (`View.input`, `time`,
 and `landmarks` where frames were aligned); `PretrainModel.encode` adds what the encoder made of
-them (`features`, `au`, `clip`); the model then mines the memory bank once for the objectives
+them (`features`, `au`, `clip`, and `maps` when an objective reads feature maps); the model then mines the memory bank once for the objectives
 that ask (`Encoded.mining`). A field an objective needs but the run does not give is None, and
 the objective says so (its `needs` are checked against the data before training starts).
 """
@@ -25,15 +25,19 @@ class View:
     input: Optional[torch.Tensor] = None  # [B, L, 3, H, W] normalised frames the encoder saw
     time: Optional[torch.Tensor] = None  # [B, L] frames since the view's first frame
     landmarks: Optional[torch.Tensor] = None  # [B, L, 68, 2] in the aligned crop, before augmentation
+    frames: Optional[torch.Tensor] = None  # [B, L, 3, H, W] uint8, the aligned frames before augmentation
     features: Optional[torch.Tensor] = None  # [B, L, F] pooled backbone features
     au: Optional[torch.Tensor] = None  # [B, L, D] AU embeddings
     clip: Optional[torch.Tensor] = None  # [B, D] clip embedding (through the temporal module)
+    maps: Optional[torch.Tensor] = None  # [B, L, C, h, w] last-stage feature maps, when an objective reads them
 
 
 @dataclass
 class Encoded:
     views: list[View]
     mining: Optional["Mining"] = None  # per anchor frame: cross-identity positives, identity-hard negatives
+    # the encoder itself, for objectives that encode inputs of their own (masked frames)
+    encoder: Optional[torch.nn.Module] = None
 
     def anchors(self) -> torch.Tensor:
         """The AU embeddings of both views as one clip of anchors, [B, 2L, D], in fp32: row n is

@@ -244,7 +244,8 @@ def report(args, cfg, run, full, base, mem, flops_frame, n_frames, base_model, b
     ]
     for phase in [k.removeprefix("time/") for k in full[0] if k.startswith("time/")]:  # as train_step times them
         t = median([r[f"time/{phase}"] for r in full])
-        row = f"  {phase:<36}{t * 1e3:9.1f} ms {t / wall:7.1%}"
+        label = f"{phase.split(':')[1]} (in forward)" if phase.startswith("objective:") else phase
+        row = f"  {label:<36}{t * 1e3:9.1f} ms {t / wall:7.1%}"
         if phase in base[0]:
             tb = median([r[phase] for r in base])
             row += f"   {tb * 1e3:9.1f} ms {tb / baseline:7.1%}"

@@ -5,6 +5,7 @@ and the tests all call."""
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import replace
 
 import torch
@@ -15,17 +16,19 @@ from pretrain.objectives.registry import OBJECTIVES
 from pretrain.views import Encoded, View
 
 
-def build_objectives(spec: dict, embed_dim: int, feature_dim: int = 0) -> tuple[nn.ModuleDict, dict[str, float]]:
+def build_objectives(spec: dict, embed_dim: int, feature_dim: int = 0, patch_size: int = 0
+                     ) -> tuple[nn.ModuleDict, dict[str, float]]:  # fmt: skip
     """Objectives and their weights from the config: {name: {weight: w, ...arguments}}. The
     arguments are typed by each objective's constructor (an unknown one is refused); each also
-    gets the sizes it asks for by name: `embed_dim` (AU embedding), `feature_dim` (backbone)."""
+    gets the sizes it asks for by name: `embed_dim` (AU embedding), `feature_dim` (backbone),
+    `patch_size` (a ViT's patches, 0 for backbones without)."""
     modules, weights = nn.ModuleDict(), {}
     for name, args in spec.items():
         if name not in OBJECTIVES:
             raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}")
         args = dict(args or {})
         weights[name] = float(args.pop("weight", 1.0))
-        sizes = {"embed_dim": embed_dim, "feature_dim": feature_dim}
+        sizes = {"embed_dim": embed_dim, "feature_dim": feature_dim, "patch_size": patch_size}
         wanted = inspect.signature(OBJECTIVES[name]).parameters
         try:
             modules[name] = OBJECTIVES[name](**{k: v for k, v in sizes.items() if k in wanted}, **args)
@@ -59,12 +62,18 @@ class PretrainModel(nn.Module):
         if bank is not None and not miners:
             raise ValueError("a memory bank but no objective that mines it")
         self.encoder, self.objectives, self.weights, self.bank = encoder, objectives, weights, bank
+        self.maps = any(o.maps for o in objectives.values())
+        # Each objective's forward time in the last step (`Run` gives a clock that waits for the
+        # GPU), which the training log and `python -m pretrain.bench` report as its share.
+        self.clock, self.times = time.perf_counter, {}
 
     def encode(self, views: list[View]) -> Encoded:
         # Both views in one backbone pass: half the kernel launches and better batching.
-        out = self.encoder(torch.cat([v.input for v in views], dim=0))
+        frames = torch.cat([v.input for v in views], dim=0)
+        out = self.encoder(frames, maps=True) if self.maps else self.encoder(frames)
         n = views[0].input.shape[0]
-        return Encoded([replace(v, **{k: t[i * n : (i + 1) * n] for k, t in out.items()}) for i, v in enumerate(views)])
+        return Encoded([replace(v, **{k: t[i * n : (i + 1) * n] for k, t in out.items()}) for i, v in enumerate(views)],
+                       encoder=self.encoder)  # fmt: skip
 
     def losses(self, batch, encoded: Encoded) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted total and every named loss of the objectives on `encoded`."""
@@ -72,8 +81,10 @@ class PretrainModel(nn.Module):
             anchors, clips = encoded.anchors(), clip_ids(batch.keys)
             encoded.mining = self.bank.mine(anchors, batch.identity, video=batch.video, clip=clips)
         losses = {}
-        for objective in self.objectives.values():
+        for name, objective in self.objectives.items():
+            start = self.clock()
             losses.update(objective(batch, encoded))
+            self.times[name] = self.clock() - start
         total = sum(self.weights[name] * loss for name, loss in losses.items() if name in self.weights)
         if self.bank is not None and self.training:
             self.bank.add(anchors, batch.identity, video=batch.video, clip=clips, valid=batch.valid)

@@ -17,12 +17,14 @@ class Objective(nn.Module):
     is refused before it starts rather than failing at its first step:
 
     * `needs`: batch fields, e.g. "landmarks" (aligned ones: shards with landmarks, train.align);
-    * `mines`: it reads `encoded.mining`, so the model keeps a memory bank and mines it each step.
+    * `mines`: it reads `encoded.mining`, so the model keeps a memory bank and mines it each step;
+    * `maps`: it reads the backbone's feature maps (`View.maps`), which the encoder then returns.
     """
 
     name: str = ""  # set by @register
     needs: tuple[str, ...] = ()
     mines: bool = False
+    maps: bool = False
 
     def forward(self, batch, encoded: Encoded) -> dict[str, torch.Tensor]:
         raise NotImplementedError
