@@ -5,7 +5,8 @@
 * `compose`: `build_objectives` (from the config's `{name: {weight, ...arguments}}`) and
   `PretrainModel` (encoder + objectives, one forward);
 * one module per family: `temporal` (temporal_margin, clip_contrastive), `geometry`
-  (landmark_geometry), `cross_identity` (cross_identity, cross_identity_recon,
+  (landmark_geometry), `motion` (flow), `regions` (roi_inpaint, au_relation), `masked`
+  (masked_image), `cross_identity` (cross_identity, cross_identity_recon,
   identity_adversarial).
 
 Objectives read `pretrain.views.Encoded` (typed views) and return `{name: loss}`. To add one:
@@ -16,7 +17,7 @@ subclass `Objective` in the module of its family (or a new one imported below), 
 from pretrain.objectives.registry import OBJECTIVES, Objective, check_inputs, register
 from pretrain.objectives.compose import PretrainModel, build_objectives, mines
 # the families register their objectives on import
-from pretrain.objectives import cross_identity, geometry, temporal  # noqa: E402
+from pretrain.objectives import cross_identity, geometry, masked, motion, regions, temporal  # noqa: E402
 
 __all__ = ["OBJECTIVES", "Objective", "PretrainModel", "build_objectives", "check_inputs", "cross_identity", "geometry",
-           "mines", "register", "temporal"]
+           "masked", "mines", "motion", "regions", "register", "temporal"]
