@@ -28,14 +28,17 @@ def _flow_engine():
 
 
 def grey(frames: torch.Tensor) -> np.ndarray:
-    """uint8 [N, 3, H, W] (any device) -> uint8 [N, H, W] luma on the host (BT.601 weights)."""
+    """uint8 [N, 3, H, W] (any device) -> uint8 [N, H, W] luma on the host (BT.601 weights);
+    [N, H, W] frames are taken as grey already."""
+    if frames.ndim == 3:
+        return frames.to(torch.uint8).cpu().numpy()
     weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device).view(1, 3, 1, 1)
     return (frames.float() * weights).sum(1).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def dense_flow(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Flow [N, 2, H, W] (x, y, in pixels) that carries each pixel of `first` [N, 3, H, W] uint8
-    to where it is in `second`, on `first`'s device."""
+    """Flow [N, 2, H, W] (x, y, in pixels) that carries each pixel of `first` (uint8 [N, 3, H, W],
+    or grey [N, H, W]) to where it is in `second`, on `first`'s device."""
     if first.shape != second.shape:
         raise ValueError(f"flow between frames of different shapes: {tuple(first.shape)} and {tuple(second.shape)}")
     dis = _flow_engine()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from shards.manifest import Manifest
 from shards.synthetic import write_synthetic
@@ -65,3 +66,13 @@ def synth24(tmp_path_factory) -> Dataset:
     """24 clips in 4 shards of 6: the pristine source that corruption tests copy and damage."""
     return _make(tmp_path_factory.mktemp("synth24"), clips=24, shard_samples=6, seed=3)
 
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny problems: intra-op threads only add overhead, and on
+    a busy machine OpenMP spin-waiting makes them many times slower. Results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,12 +23,7 @@ from pretrain.views import Encoded, View
 DIM = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: see conftest.one_thread
 
 
 def clip_batch(identity, video=None, names=None) -> SimpleNamespace:

@@ -13,14 +13,7 @@ from finetune.metrics import au_table, f1_per_au, icc31, mae, mean_f1, pearson
 from finetune.probe import identity_probe, knn_probe, linear_probe
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The problems here are tiny: intra-op threads only add overhead, and on a busy machine
-    OpenMP spin-waiting makes them many times slower. The results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: see conftest.one_thread
 
 
 # ---------------------------------------------------------------------------------------- F1

@@ -13,18 +13,14 @@ from pretrain.augment import make_views
 from pretrain.flow import dense_flow
 from pretrain.model import ClipEncoder
 from pretrain.objectives import PretrainModel, build_objectives
+from pretrain.objectives.motion import standard_grey, to_uint8
 from pretrain.objectives.regions import patch_masks, region_centres, sinkhorn
 from shards.geometry import ALIGN_POINTS, MEAN_FACE, au_centres, face_mask, template_transforms, to_template
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems: see conftest.one_thread
 
 
 def smooth_image(size: int, seed: int) -> torch.Tensor:
@@ -64,6 +60,24 @@ def test_flow_objective_field_follows_the_motion_over_the_face():
     assert field.shape == (1, 3, 2 * cells)
     x, y = field.view(3, 2, cells).unbind(1)
     assert torch.allclose(x, torch.ones_like(x), atol=0.2) and y.abs().max() < 0.2
+
+
+def test_template_flow_measures_each_frame_against_the_mean_face():
+    """The template is the mean of the frames seen; a frame shifted 2 px right of it gives a field
+    of +2 in x on every face cell, the template itself a field of 0."""
+    from pretrain.views import Encoded, View
+
+    objective = build_objectives({"template_flow": {"grid": 8, "size": 56}}, 16, 8)[0]["template_flow"]
+    base = smooth_image(56, 3)
+    still = base.expand(2, 3, 3, 56, 56)  # two clips of three identical frames: the template is `base`
+    objective(None, Encoded([View(frames=still, features=torch.zeros(2, 3, 8))]))
+    moved = torch.stack([base, shifted(base, 2, 0)])[None]  # [1, 2, 3, 56, 56]
+    objective.eval()  # the template stays as it is
+    grey = standard_grey(moved.flatten(0, 1), 56)
+    field = objective.pool(dense_flow(to_uint8(objective.template).expand(2, -1, -1), to_uint8(grey)))
+    x, y = field.view(2, 2, -1).unbind(1)
+    assert x[0].abs().max() < 0.2 and y.abs().max() < 0.3
+    assert torch.allclose(x[1], torch.full_like(x[1], 2.0), atol=0.3), x[1]
 
 
 def test_face_mask_keeps_the_face_and_drops_the_corners():
@@ -192,6 +206,7 @@ def trained(arch: str, spec: dict, size: int, steps: int, lr: float = 1e-3):
     # the toy clips move rigidly: two axes of motion
     ("resnet10t", {"flow": {"grid": 4, "components": 2}}, 32, 0.8),
     ("resnet10t", {"flow": {"grid": 4, "components": 2, "source": "frame"}}, 32, 0.8),
+    ("resnet10t", {"template_flow": {"grid": 4, "components": 2, "size": 32}}, 32, 0.8),
     # rebuilding random texture is slow to learn: a tenth off in 25 steps
     ("resnet10t", {"roi_inpaint": {"regions": 3}}, 32, 0.93),
     ("resnet10t", {"au_relation": {"regions": 4}}, 32, 0.8),

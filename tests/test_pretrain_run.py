@@ -30,6 +30,8 @@ TINY = [
     # cross-identity ones (small enough that its FIFO wraps within the run)
     "objective=temporal_geometry", "+objectives.cross_identity.weight=0.5", "+objectives.cross_identity_recon.weight=1.0",
     "mining.capacity=128",
+    # and the pixels-only ones: the flow's whitening, the inpainting's random patches, the relation's maps
+    "+objectives.flow.weight=0.5", "+objectives.roi_inpaint.weight=0.5", "+objectives.au_relation.weight=0.5",
 ]  # fmt: skip
 
 
@@ -110,7 +112,7 @@ def reference(tmp_path_factory, cache: Path, ranks: int) -> dict:
 def assert_same_losses(a: dict, b: dict, steps) -> None:
     for step in steps:
         for key in ("loss", "temporal_margin", "clip_contrastive", "landmark_geometry", "cross_identity",
-                    "cross_identity_recon"):  # fmt: skip
+                    "cross_identity_recon", "flow", "roi_inpaint", "au_relation"):  # fmt: skip
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-6), (step, key, a[step], b[step])
 
 
@@ -121,6 +123,8 @@ def test_config_is_strict_and_complete():
         assert cfg.model.arch == "resnet18" and cfg.deepspeed.stage == 0 and set(cfg.objectives) == {"landmark_geometry"}
         both = compose(config_name="pretrain", overrides=["objective=temporal_geometry"])
         assert set(both.objectives) == {"temporal_margin", "clip_contrastive", "landmark_geometry"}
+        shards = compose(config_name="pretrain", overrides=["data=shards", "data.source=S"])
+        assert set(shards.objectives) == {"flow"}, "shards without landmarks default to the pixels-only objective"
         cross = compose(config_name="pretrain", overrides=["objective=cross_identity"])
         assert set(cross.objectives) == {"landmark_geometry", "cross_identity"}
         assert cross.mining.capacity == 16384 and cross.mining.k == 8
@@ -363,8 +367,8 @@ def built_videos(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_built_shards_refuse_the_landmark_objective_at_configuration(tmp_path, cache, built_videos):
     proc = subprocess.run([sys.executable, "-m", "pretrain", "data=shards", f"data.source={built_videos}",
-                           f"train.run_dir={tmp_path / 'run'}"], env=env(cache), cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+                           "objective=geometry", f"train.run_dir={tmp_path / 'run'}"], env=env(cache), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "objective landmark_geometry needs landmarks" in proc.stderr and "temporal_margin" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -381,15 +385,39 @@ def test_built_shards_refuse_a_window_longer_than_their_clips_in_one_line(tmp_pa
 
 @pytest.mark.slow
 def test_built_shards_pretrain_with_the_shards_defaults(tmp_path, cache, built_videos):
-    """`data=shards` as configured serves what `shards build` writes: the pixel-only objectives
-    train on it with no bad sample, the AU probes are skipped (no labels) and the backbone is published."""
+    """`data=shards` as configured serves what `shards build` writes: its default objective, the
+    pixels-only flow, trains on it with no bad sample, the AU probes are skipped (no labels) and the
+    backbone is published."""
     run_dir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "pretrain", "data=shards", f"data.source={built_videos}",
-                           "objective=temporal", "data.resize=32", "data.num_workers=1", "train.batch_size=2",
+                           "data.resize=32", "data.num_workers=1", "train.batch_size=2",
                            "train.steps=3", f"train.run_dir={run_dir}"], env=env(cache), cwd=ROOT,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "carries no AU labels: the AU probes are skipped" in log
     assert "stream skipped bad data" not in log and sorted(losses(run_dir)) == [1, 2, 3]
+    assert all(set(record) >= {"flow", "flow_epe"} for record in losses(run_dir).values())
     assert (run_dir / "published" / "auforge-pretrain" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch_args", [
+    # Swin-T where its windows fit (112 px), with the objectives that read feature maps
+    ["model=swin_tiny", "data.resize=112", "objective=au_relation", "+objectives.roi_inpaint.weight=1.0"],
+    # ViT-S/8 with masked image modelling on its own patches
+    ["model=vit_small_p8", "data.resize=32", "objective=masked_image"],
+])  # fmt: skip
+def test_swin_and_vit_runs_complete_and_publish(tmp_path, cache, arch_args):
+    run_dir = tmp_path / "run"
+    small = [a for a in TINY[:14] if not a.startswith("data.resize")]  # the tiny data and schedule, not its objectives
+    proc = subprocess.run([sys.executable, "-m", "pretrain", f"train.run_dir={run_dir}", "train.steps=2",
+                           *small, "train.batch_size=2", *arch_args], env=env(cache), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(losses(run_dir)) == [1, 2]
+    folder = run_dir / "published" / "auforge-pretrain"
+    config = json.loads((folder / "config.json").read_text())
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert set(load_file(folder / "model.safetensors")) == set(model.state_dict())
+    assert config["architecture"] == model.default_cfg["architecture"]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.distributed import all_reduce_sum
 from pretrain.flow import dense_flow
 from pretrain.objectives.geometry import Whitening
 from pretrain.objectives.registry import Objective, register
@@ -15,52 +16,32 @@ from pretrain.views import Encoded
 from shards.geometry import face_mask
 
 
-@register("flow")
-class MotionFlow(Objective):
-    """Dense optical flow between consecutive frames of each view (OpenCV DIS on the aligned frames
-    before augmentation), pooled to a `grid` x `grid` field over the face (background cells masked
-    out by `shards.geometry.face_mask`, which reads no landmarks), predicted by a linear read-out
-    of the pooled backbone features.
+class FlowReadout(Objective):
+    """What the flow objectives share: a flow field pooled to a `grid` x `grid` field over the face
+    (background cells masked out by `shards.geometry.face_mask`, which reads no landmarks),
+    whitened (running PCA, `components` axes, unit variance, as `landmark_geometry` does: raw flow
+    is mostly head motion, and whitening makes the small modes that AUs move weigh as much), and
+    predicted by a linear read-out of the pooled backbone features. With y the whitened field and
+    W the read-out of inputs x,
 
-    `source` says from what: `"frame"`, frame t alone predicts the flow from t to t+1 (WSRTL's
-    single-image flow: the motion its muscles are making); `"pair"`, the change of features
-    f(t+1) - f(t) predicts it (the person and the light cancel in the difference, so the features
-    must hold the face's state linearly, as a linear probe reads it). The target is whitened
-    (running PCA, `components` axes, unit variance, as `landmark_geometry` does): raw flow is mostly
-    head motion, and whitening makes the small modes that AUs move weigh as much. With y the
-    whitened flow field and W the read-out,
+        L = mean over fields || W x - y ||^2 / components
 
-        L = mean over pairs || W x - y ||^2 / components
+    Logged beside it: `NAME_epe`, the mean end-point error (pixels) of the read-out's field mapped
+    back from the whitened axes, over the face's cells."""
 
-    Logged beside it: `flow_epe`, the mean end-point error (pixels at the frame's size) of the
-    read-out's field mapped back from the whitened axes, over the face's cells.
-    """
-
-    def __init__(self, feature_dim: int, grid: int = 8, components: int = 24, momentum: float = 0.01,
-                 source: str = "pair"):  # fmt: skip
+    def __init__(self, feature_dim: int, grid: int, components: int, momentum: float):
         super().__init__()
-        if source not in ("frame", "pair"):
-            raise ValueError(f"flow source must be 'frame' or 'pair', got {source!r}")
-        self.grid, self.source = grid, source
+        self.grid = grid
         self.register_buffer("cells", face_mask(grid).flatten(), persistent=False)
         dim = 2 * int(self.cells.sum())
         self.whitening = Whitening(dim, min(components, dim), momentum)
         self.head = nn.Linear(feature_dim, self.whitening.components)
 
-    def field(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames [B, L, 3, H, W] -> flow between consecutive frames over the face's cells,
-        [B, L-1, 2 * cells], in pixels."""
-        b, length = frames.shape[:2]
-        flow = dense_flow(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1))  # [N, 2, H, W]
-        pooled = F.adaptive_avg_pool2d(flow, self.grid).flatten(2)[:, :, self.cells]  # [N, 2, cells]
-        return pooled.flatten(1).view(b, length - 1, -1)
+    def pool(self, flow: torch.Tensor) -> torch.Tensor:
+        """Flow [N, 2, H, W] -> the face's cells [N, 2 * cells] (x components, then y)."""
+        return F.adaptive_avg_pool2d(flow, self.grid).flatten(2)[:, :, self.cells].flatten(1)
 
-    def forward(self, batch, encoded: Encoded) -> dict[str, torch.Tensor]:
-        views = [v for v in encoded.views if v.frames is not None]
-        if not views:
-            raise ValueError("flow needs the views' frames (pretrain.augment.make_views gives them)")
-        target = torch.cat([self.field(v.frames).flatten(0, 1) for v in views])
-        features = torch.cat([self._inputs(v.features.float()).flatten(0, 1) for v in views])
+    def readout(self, features: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.training:
             self.whitening.update(target)
         prediction = self.head(features)
@@ -70,5 +51,91 @@ class MotionFlow(Objective):
             epe = (back - target).view(len(target), 2, -1).norm(dim=1).mean()
         return {self.name: loss, f"{self.name}_epe": epe}
 
+
+def frames_of(encoded: Encoded, name: str) -> list:
+    views = [v for v in encoded.views if v.frames is not None]
+    if not views:
+        raise ValueError(f"{name} needs the views' frames (pretrain.augment.make_views gives them)")
+    return views
+
+
+@register("flow")
+class MotionFlow(FlowReadout):
+    """Dense optical flow between consecutive frames of each view (OpenCV DIS on the aligned frames
+    before augmentation), read out of the backbone's features (`FlowReadout`).
+
+    `source` says from what: `"frame"`, frame t alone predicts the flow from t to t+1 (WSRTL's
+    single-image flow: the motion its muscles are making); `"pair"`, the change of features
+    f(t+1) - f(t) predicts it (the person and the light cancel in the difference, so the features
+    must hold the face's state linearly, as a linear probe reads it).
+    """
+
+    def __init__(self, feature_dim: int, grid: int = 8, components: int = 24, momentum: float = 0.01,
+                 source: str = "pair"):  # fmt: skip
+        if source not in ("frame", "pair"):
+            raise ValueError(f"flow source must be 'frame' or 'pair', got {source!r}")
+        super().__init__(feature_dim, grid, components, momentum)
+        self.source = source
+
+    def field(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [B, L, 3, H, W] -> flow between consecutive frames over the face's cells,
+        [B, L-1, 2 * cells], in pixels."""
+        b, length = frames.shape[:2]
+        flow = dense_flow(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1))  # [N, 2, H, W]
+        return self.pool(flow).view(b, length - 1, -1)
+
+    def forward(self, batch, encoded: Encoded) -> dict[str, torch.Tensor]:
+        views = frames_of(encoded, self.name)
+        target = torch.cat([self.field(v.frames).flatten(0, 1) for v in views])
+        features = torch.cat([self._inputs(v.features.float()).flatten(0, 1) for v in views])
+        return self.readout(features, target)
+
     def _inputs(self, features: torch.Tensor) -> torch.Tensor:  # [B, L, F] -> [B, L-1, F]
         return features[:, 1:] - features[:, :-1] if self.source == "pair" else features[:, :-1]
+
+
+def standard_grey(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float [N, size, size] luma, each image at zero mean and unit variance
+    (so that faces of another skin tone or light still match a template's brightness)."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device).view(1, 3, 1, 1)
+    luma = (frames.float() * weights).sum(1, keepdim=True)
+    luma = F.interpolate(luma, size=size, mode="bilinear", antialias=True, align_corners=False)[:, 0]
+    mean, std = luma.mean((1, 2), keepdim=True), luma.std((1, 2), keepdim=True).clamp_min(1e-3)
+    return (luma - mean) / std
+
+
+def to_uint8(z: torch.Tensor) -> torch.Tensor:
+    """Standardised grey -> uint8, 3 standard deviations each side of mid-grey."""
+    return (128 + 42 * z).round().clamp(0, 255).to(torch.uint8)
+
+
+@register("template_flow")
+class TemplateFlow(FlowReadout):
+    """Dense optical flow from the mean face to each frame, read out of that frame's features
+    (`FlowReadout`): where each part of this face lies against the average aligned face, from
+    pixels alone. It is the pixels' own stand-in for aligned landmarks (the person's shape and
+    expression, as `landmark_geometry` reads them from a face aligner), with no aligner and no
+    label: the template is a running mean (`template_momentum`) of every aligned frame seen, in
+    standardised grey at `size` px (a buffer, checkpointed, the same on every rank), and the flow
+    is computed at that size on frames standardised the same way.
+    """
+
+    def __init__(self, feature_dim: int, grid: int = 8, components: int = 24, momentum: float = 0.01,
+                 size: int = 64, template_momentum: float = 0.01):  # fmt: skip
+        super().__init__(feature_dim, grid, components, momentum)
+        self.size, self.template_momentum = size, template_momentum
+        self.register_buffer("template", torch.zeros(size, size))
+        self.register_buffer("template_updates", torch.zeros((), dtype=torch.long))
+
+    def forward(self, batch, encoded: Encoded) -> dict[str, torch.Tensor]:
+        views = frames_of(encoded, self.name)
+        grey = standard_grey(torch.cat([v.frames.flatten(0, 1) for v in views]), self.size)
+        if self.training:
+            with torch.no_grad():
+                stats = all_reduce_sum(torch.cat([grey.new_tensor([len(grey)]), grey.sum(0).flatten()]))
+                mean = (stats[1:] / stats[0].clamp_min(1)).view_as(self.template)
+                self.template.lerp_(mean, 1.0 if self.template_updates == 0 else self.template_momentum)
+                self.template_updates += 1
+        flow = dense_flow(to_uint8(self.template).expand(len(grey), -1, -1), to_uint8(grey))
+        features = torch.cat([v.features.float().flatten(0, 1) for v in views])
+        return self.readout(features, self.pool(flow))

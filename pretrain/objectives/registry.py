@@ -51,4 +51,4 @@ def check_inputs(names, carried: set[str], where: str) -> None:
         if missing:
             runnable = sorted(n for n, cls in OBJECTIVES.items() if set(cls.needs) <= carried)
             raise ConfigError(f"objective {name} needs {' and '.join(missing)}, which {where} does not give; "
-                              f"objectives that run on it: {', '.join(runnable)} (e.g. objective=temporal)")  # fmt: skip
+                              f"objectives that run on it: {', '.join(runnable)} (e.g. objective=flow)")  # fmt: skip
