@@ -217,7 +217,7 @@ class Run:
                                cfg.train.frame_jitter, cfg.train.augment_strength, landmarks)  # fmt: skip
             marks.append(self._clock())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                total, losses = self.engine(views, batch)  # PretrainModel.forward: encode, mine, score
+                total, losses = self.engine(views, batch, generator=g)  # PretrainModel.forward: encode, mine, score
             marks.append(self._clock())
             self.engine.backward(total)
             marks.append(self._clock())

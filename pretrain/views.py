@@ -38,6 +38,9 @@ class Encoded:
     mining: Optional["Mining"] = None  # per anchor frame: cross-identity positives, identity-hard negatives
     # the encoder itself, for objectives that encode inputs of their own (masked frames)
     encoder: Optional[torch.nn.Module] = None
+    # the step's random stream (seeded by seed, step, rank: see pretrain.augment.step_generator),
+    # for objectives that draw (masks): a resumed run draws what the uninterrupted one drew
+    generator: Optional[torch.Generator] = None
 
     def anchors(self) -> torch.Tensor:
         """The AU embeddings of both views as one clip of anchors, [B, 2L, D], in fp32: row n is

@@ -90,5 +90,8 @@ class PretrainModel(nn.Module):
             self.bank.add(anchors, batch.identity, video=batch.video, clip=clips, valid=batch.valid)
         return total, losses
 
-    def forward(self, views: list[View], batch=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.losses(batch, self.encode(views))
+    def forward(self, views: list[View], batch=None, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+        encoded = self.encode(views)
+        encoded.generator = generator
+        return self.losses(batch, encoded)

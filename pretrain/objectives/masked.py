@@ -70,7 +70,7 @@ class MaskedImage(Objective):
         tokens = vit._pos_embed(vit.patch_embed(x))  # [N, prefix + P, C]
         prefix, n, count = vit.num_prefix_tokens, len(x), tokens.shape[1] - vit.num_prefix_tokens
         keep = max(1, int(round(count * (1 - self.ratio))))
-        order = torch.rand(n, count, device=x.device).argsort(1)
+        order = torch.rand(n, count, generator=encoded.generator, device=x.device).argsort(1)
         shown = order[:, :keep]
         visible = tokens[:, prefix:].gather(1, shown[..., None].expand(-1, -1, tokens.shape[-1]))
         h = vit.norm(vit.blocks(vit.norm_pre(torch.cat([tokens[:, :prefix], visible], 1))))[:, prefix:]

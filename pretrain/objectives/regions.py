@@ -83,7 +83,8 @@ class RoiInpaint(Objective):
         frames = view.frames[:, : self.frames]
         b, t, _, size, _ = frames.shape
         x = encoder.normalize(frames.flatten(0, 1))  # [N, 3, S, S]
-        chosen = torch.rand(len(x), len(self.centres), device=x.device).argsort(1)[:, : self.regions]
+        draws = torch.rand(len(x), len(self.centres), generator=encoded.generator, device=x.device)
+        chosen = draws.argsort(1)[:, : self.regions]
         mask = patch_masks(self.centres, chosen, size, self.patch).float()
         _, maps = encoder.frame_features((x * (1 - mask))[:, None], maps=True)
         rebuilt = self.decoder(maps[:, 0].float(), size)
