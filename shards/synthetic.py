@@ -19,9 +19,11 @@ lists both splits' shards and identities.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -267,11 +269,38 @@ class SynthSettings:
     heldout: float = 0.2  # share of the identities held out (split 'heldout'; 0: none)
 
 
+_worker: Renderer | None = None  # a rendering process's own renderer (see `rendered`)
+
+
+def _start_worker(seed: int, identities: int, frames: int, size: int) -> None:
+    global _worker
+    _worker = Renderer(seed, identities, frames, size)
+
+
+def _render(index: int) -> Clip:
+    return _worker.clip(index)
+
+
+@contextlib.contextmanager
+def rendered(renderer: Renderer, indices: list[int], workers: int):
+    """The clips `indices`, in that order, rendered here or by `workers` processes: the same
+    bytes either way, since each clip draws from its own seeded generator. Processes are spawned
+    (not forked: the parent may hold torch's threads) and only for sets large enough to repay
+    their start."""
+    if workers <= 1 or len(indices) < 64:
+        yield (renderer.clip(i) for i in indices)
+        return
+    args = (renderer.seed, renderer.identities, renderer.frames, renderer.size)
+    with multiprocessing.get_context("spawn").Pool(workers, _start_worker, args) as pool:
+        yield pool.imap(_render, indices, chunksize=4)
+
+
 def write_synthetic(out_dir, clips: int = SynthSettings.clips, *, name: str = "synth",
-                    part: tuple[int, int] | None = None, **settings) -> Manifest:  # fmt: skip
+                    part: tuple[int, int] | None = None, workers: int = 1, **settings) -> Manifest:  # fmt: skip
     """Render `clips` clips into shards under `out_dir`: the training split first, then the
     held-out identities' split (absent when `heldout` is 0). `settings`: the other fields of
-    `SynthSettings` (its defaults for the rest). Returns the manifest.
+    `SynthSettings` (its defaults for the rest). Returns the manifest. `workers` processes render
+    (byte-identical shards whatever their number).
 
     `part=(k, n)` renders only part k of n of the clips (a task of a job array): its shards go
     beside the other parts' and its manifest to `.parts/`, for `shards.parts.merge`."""
@@ -290,8 +319,9 @@ def write_synthetic(out_dir, clips: int = SynthSettings.clips, *, name: str = "s
             if not indices:
                 continue
             writer.start_split(split)
-            for i in indices:
-                writer.write(renderer.clip(i))
+            with rendered(renderer, indices, workers) as clips_of_split:
+                for clip in clips_of_split:
+                    writer.write(clip)
         manifest = writer.close()
         if part is not None:
             parts.save_part(out_dir, *part, manifest, writer.seen(), name)
@@ -318,7 +348,7 @@ def cached_synthetic(clips: int = SynthSettings.clips, **settings) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             started = time.perf_counter()
-            write_synthetic(tmp, **settings)
+            write_synthetic(tmp, workers=os.cpu_count() or 1, **settings)
             log.info("rendered %d synthetic clips into %s in %.0fs (once: later runs reuse them)", clips, final,
                      time.perf_counter() - started)  # fmt: skip
             try:
