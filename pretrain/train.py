@@ -355,4 +355,9 @@ def summary(run: Run, r: dict, folder: Path, timing: dict) -> str:
                            ("identity_acc", "identity from AU embedding (acc)")):  # fmt: skip
             lines.append(f"  {label:<33} {r.get('probe/' + key, float('nan')):10.3f} {r.get('random_init/' + key, float('nan')):12.3f}")
         lines.append(f"  identity chance level             {r['probe/identity_chance']:10.3f}")
+        for who in ("probe", "random_init"):  # the linear probe's draws of labelled frames
+            draws = [f"{r[f'{who}/linear_f1_seed{seed}']:.3f}" for seed in run.cfg.eval.label_seeds
+                     if f"{who}/linear_f1_seed{seed}" in r]  # fmt: skip
+            if draws:
+                lines.append(f"  linear probe per draw, {'pretrained' if who == 'probe' else 'random init'}: {' '.join(draws)}")
     return "\n".join(lines)
