@@ -27,13 +27,18 @@ def _flow_engine():
     return _dis
 
 
+def luma(frames: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] (0..255) -> float luma [N, H, W] (BT.601 weights), on the frames' device."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device).view(1, 3, 1, 1)
+    return (frames.float() * weights).sum(1)
+
+
 def grey(frames: torch.Tensor) -> np.ndarray:
-    """uint8 [N, 3, H, W] (any device) -> uint8 [N, H, W] luma on the host (BT.601 weights);
-    [N, H, W] frames are taken as grey already."""
+    """uint8 [N, 3, H, W] (any device) -> uint8 [N, H, W] luma on the host; [N, H, W] frames are
+    taken as grey already."""
     if frames.ndim == 3:
         return frames.to(torch.uint8).cpu().numpy()
-    weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device).view(1, 3, 1, 1)
-    return (frames.float() * weights).sum(1).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return luma(frames).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def dense_flow(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

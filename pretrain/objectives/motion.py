@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.distributed import all_reduce_sum
-from pretrain.flow import dense_flow
+from pretrain.flow import dense_flow, luma
 from pretrain.objectives.geometry import Whitening
 from pretrain.objectives.registry import Objective, register
 from pretrain.views import Encoded
@@ -97,11 +97,9 @@ class MotionFlow(FlowReadout):
 def standard_grey(frames: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> float [N, size, size] luma, each image at zero mean and unit variance
     (so that faces of another skin tone or light still match a template's brightness)."""
-    weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device).view(1, 3, 1, 1)
-    luma = (frames.float() * weights).sum(1, keepdim=True)
-    luma = F.interpolate(luma, size=size, mode="bilinear", antialias=True, align_corners=False)[:, 0]
-    mean, std = luma.mean((1, 2), keepdim=True), luma.std((1, 2), keepdim=True).clamp_min(1e-3)
-    return (luma - mean) / std
+    grey = F.interpolate(luma(frames)[:, None], size=size, mode="bilinear", antialias=True, align_corners=False)[:, 0]
+    mean, std = grey.mean((1, 2), keepdim=True), grey.std((1, 2), keepdim=True).clamp_min(1e-3)
+    return (grey - mean) / std
 
 
 def to_uint8(z: torch.Tensor) -> torch.Tensor:
