@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.backbone import backbone_args
+from shards.batch import normalize
 
 
 class TemporalConv(nn.Module):
@@ -85,9 +86,8 @@ class ClipEncoder(nn.Module):
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames [..., 3, H, W] -> float, normalised by the backbone's mean and std (as
         `make_views` normalises the views): for objectives that encode frames of their own."""
-        mean = torch.tensor(self.backbone.pretrained_cfg["mean"], device=frames.device).view(3, 1, 1)
-        std = torch.tensor(self.backbone.pretrained_cfg["std"], device=frames.device).view(3, 1, 1)
-        return (frames.float() / 255.0 - mean) / std
+        cfg = self.backbone.pretrained_cfg
+        return normalize(frames, cfg["mean"], cfg["std"])
 
     def frame_features(self, frames: torch.Tensor, maps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pooled backbone features [B, T, F] and, with `maps`, the last stage's feature map
