@@ -62,6 +62,31 @@ def test_flow_objective_field_follows_the_motion_over_the_face():
     assert torch.allclose(x, torch.ones_like(x), atol=0.2) and y.abs().max() < 0.2
 
 
+def test_flow_over_every_pair_of_a_view_carries_the_wider_gaps():
+    """`pairs: all` adds (0, 2) to (0, 1) and (1, 2): two frames apart, twice the motion."""
+    flow = build_objectives({"flow": {"grid": 8, "pairs": "all"}}, 16, 32)[0]["flow"]
+    base = smooth_image(56, 7)
+    clip = torch.stack([shifted(base, t, 0) for t in range(3)])[None]  # 1 px right a frame
+    x = flow.field(clip).view(3, 2, -1)[:, 0]  # pairs (0, 1), (0, 2), (1, 2)
+    assert torch.allclose(x.mean(1), torch.tensor([1.0, 2.0, 1.0]), atol=0.2), x.mean(1)
+    features = torch.arange(3.0)[None, :, None].expand(1, 3, 16)
+    assert flow._inputs(features)[0, :, 0].tolist() == [1.0, 2.0, 1.0]  # f(j) - f(i), pair by pair
+
+
+def test_non_rigid_flow_drops_the_whole_face_motion_and_keeps_a_local_one():
+    """`rigid: false` subtracts the face cells' least-squares affine field: a translation, zoom
+    and turn of the whole face leave nothing; motion of one part of the face (a mouth opening)
+    stays, and the target keeps most of it."""
+    flow = build_objectives({"flow": {"grid": 8, "rigid": False}}, 16, 32)[0]["flow"]
+    y, x = torch.meshgrid(torch.linspace(0, 1, 56), torch.linspace(0, 1, 56), indexing="ij")
+    affine = torch.stack([0.7 + 1.5 * (x - 0.5) - 0.4 * (y - 0.5), -0.3 + 0.4 * (x - 0.5) + 1.5 * (y - 0.5)])
+    assert flow.pool(affine[None]).abs().max() < 1e-4
+    local = torch.zeros(1, 2, 56, 56)
+    local[0, 1, 42:49, 21:35] = 2.0  # the lower lip moving down
+    kept, whole = flow.pool(local), build_objectives({"flow": {"grid": 8}}, 16, 32)[0]["flow"].pool(local)
+    assert kept.norm() > 0.7 * whole.norm() and (kept - whole).abs().max() > 0.05
+
+
 def test_template_flow_measures_each_frame_against_the_mean_face():
     """The template is the mean of the frames seen; a frame shifted 2 px right of it gives a field
     of +2 in x on every face cell, the template itself a field of 0."""

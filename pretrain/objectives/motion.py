@@ -27,19 +27,28 @@ class FlowReadout(Objective):
         L = mean over fields || W x - y ||^2 / components
 
     Logged beside it: `NAME_epe`, the mean end-point error (pixels) of the read-out's field mapped
-    back from the whitened axes, over the face's cells."""
+    back from the whitened axes, over the face's cells.
 
-    def __init__(self, feature_dim: int, grid: int, components: int, momentum: float):
+    With `rigid: false` the field keeps only what an affine motion of the whole face cannot
+    explain: the least-squares affine field over the face's cells is subtracted (a fixed linear
+    projection, `rigid_residual`). Head drift, zoom and in-plane turns are affine on an aligned
+    crop; the muscles' motion is not."""
+
+    def __init__(self, feature_dim: int, grid: int, components: int, momentum: float, rigid: bool = True):
         super().__init__()
         self.grid = grid
         self.register_buffer("cells", face_mask(grid).flatten(), persistent=False)
+        self.register_buffer("keep", rigid_residual(grid, self.cells) if not rigid else None, persistent=False)
         dim = 2 * int(self.cells.sum())
         self.whitening = Whitening(dim, min(components, dim), momentum)
         self.head = nn.Linear(feature_dim, self.whitening.components)
 
     def pool(self, flow: torch.Tensor) -> torch.Tensor:
         """Flow [N, 2, H, W] -> the face's cells [N, 2 * cells] (x components, then y)."""
-        return F.adaptive_avg_pool2d(flow, self.grid).flatten(2)[:, :, self.cells].flatten(1)
+        field = F.adaptive_avg_pool2d(flow, self.grid).flatten(2)[:, :, self.cells]
+        if self.keep is not None:
+            field = field @ self.keep
+        return field.flatten(1)
 
     def readout(self, features: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.training:
@@ -52,6 +61,15 @@ class FlowReadout(Objective):
         return {self.name: loss, f"{self.name}_epe": epe}
 
 
+def rigid_residual(grid: int, cells: torch.Tensor) -> torch.Tensor:
+    """[C, C] projection of one flow component over the C face cells onto what an affine field
+    (a + b x + c y, the same for x and y components) leaves: I - A pinv(A)."""
+    centres = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    y, x = torch.meshgrid(centres, centres, indexing="ij")
+    a = torch.stack([torch.ones_like(x), x, y], -1).flatten(0, 1)[cells]  # [C, 3]
+    return (torch.eye(len(a), dtype=torch.float64) - a @ torch.linalg.pinv(a)).float()
+
+
 def frames_of(encoded: Encoded, name: str) -> list:
     views = [v for v in encoded.views if v.frames is not None]
     if not views:
@@ -61,28 +79,39 @@ def frames_of(encoded: Encoded, name: str) -> list:
 
 @register("flow")
 class MotionFlow(FlowReadout):
-    """Dense optical flow between consecutive frames of each view (OpenCV DIS on the aligned frames
-    before augmentation), read out of the backbone's features (`FlowReadout`).
+    """Dense optical flow between frames of each view (OpenCV DIS on the aligned frames before
+    augmentation), read out of the backbone's features (`FlowReadout`).
 
-    `source` says from what: `"frame"`, frame t alone predicts the flow from t to t+1 (WSRTL's
+    `source` says from what: `"frame"`, frame i alone predicts the flow from i to j (WSRTL's
     single-image flow: the motion its muscles are making); `"pair"`, the change of features
-    f(t+1) - f(t) predicts it (the person and the light cancel in the difference, so the features
-    must hold the face's state linearly, as a linear probe reads it).
+    f(j) - f(i) predicts it (the person and the light cancel in the difference, so the features
+    must hold the face's state linearly, as a linear probe reads it). `pairs` says between which
+    frames: `"consecutive"` (i, i+1), or `"all"` (every i < j of the view: the wider gaps carry
+    larger motions, and so more of the muscles' against the camera's noise).
     """
 
     def __init__(self, feature_dim: int, grid: int = 8, components: int = 24, momentum: float = 0.01,
-                 source: str = "pair"):  # fmt: skip
+                 source: str = "pair", pairs: str = "consecutive", rigid: bool = True):  # fmt: skip
         if source not in ("frame", "pair"):
             raise ValueError(f"flow source must be 'frame' or 'pair', got {source!r}")
-        super().__init__(feature_dim, grid, components, momentum)
-        self.source = source
+        if pairs not in ("consecutive", "all"):
+            raise ValueError(f"flow pairs must be 'consecutive' or 'all', got {pairs!r}")
+        super().__init__(feature_dim, grid, components, momentum, rigid)
+        self.source, self.pairs = source, pairs
+
+    def frame_pairs(self, length: int) -> tuple[list[int], list[int]]:
+        if self.pairs == "consecutive":
+            return list(range(length - 1)), list(range(1, length))
+        first, second = zip(*[(i, j) for i in range(length) for j in range(i + 1, length)])
+        return list(first), list(second)
 
     def field(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames [B, L, 3, H, W] -> flow between consecutive frames over the face's cells,
-        [B, L-1, 2 * cells], in pixels."""
-        b, length = frames.shape[:2]
-        flow = dense_flow(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1))  # [N, 2, H, W]
-        return self.pool(flow).view(b, length - 1, -1)
+        """uint8 frames [B, L, 3, H, W] -> flow from frame i to frame j of each pair over the
+        face's cells, [B, P, 2 * cells], in pixels."""
+        b = frames.shape[0]
+        first, second = self.frame_pairs(frames.shape[1])
+        flow = dense_flow(frames[:, first].flatten(0, 1), frames[:, second].flatten(0, 1))  # [N, 2, H, W]
+        return self.pool(flow).view(b, len(first), -1)
 
     def forward(self, batch, encoded: Encoded) -> dict[str, torch.Tensor]:
         views = frames_of(encoded, self.name)
@@ -90,8 +119,9 @@ class MotionFlow(FlowReadout):
         features = torch.cat([self._inputs(v.features.float()).flatten(0, 1) for v in views])
         return self.readout(features, target)
 
-    def _inputs(self, features: torch.Tensor) -> torch.Tensor:  # [B, L, F] -> [B, L-1, F]
-        return features[:, 1:] - features[:, :-1] if self.source == "pair" else features[:, :-1]
+    def _inputs(self, features: torch.Tensor) -> torch.Tensor:  # [B, L, F] -> [B, P, F]
+        first, second = self.frame_pairs(features.shape[1])
+        return features[:, second] - features[:, first] if self.source == "pair" else features[:, first]
 
 
 def standard_grey(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -119,8 +149,8 @@ class TemplateFlow(FlowReadout):
     """
 
     def __init__(self, feature_dim: int, grid: int = 8, components: int = 24, momentum: float = 0.01,
-                 size: int = 64, template_momentum: float = 0.01):  # fmt: skip
-        super().__init__(feature_dim, grid, components, momentum)
+                 size: int = 64, template_momentum: float = 0.01, rigid: bool = True):  # fmt: skip
+        super().__init__(feature_dim, grid, components, momentum, rigid)
         self.size, self.template_momentum = size, template_momentum
         self.register_buffer("template", torch.zeros(size, size))
         self.register_buffer("template_updates", torch.zeros((), dtype=torch.long))
