@@ -193,33 +193,45 @@ class Renderer:
     def person_of(self, clip: int) -> int:
         return int(np.random.default_rng([self.seed, clip, 0xC1]).integers(self.identities))
 
+    def _draws(self, clip: int) -> dict:
+        """Everything the clip's random stream draws, in the order it draws it (rendering draws
+        nothing): person, video and its setting, AU and pose tracks, focus, sensor noise, and the
+        metadata's start frame and JPEG quality."""
+        rng = np.random.default_rng([self.seed, clip])
+        d = {"index": self.person_of(clip)}
+        d["person"] = self.person(d["index"])
+        d["video"] = int(rng.integers(VIDEOS_PER_PERSON))
+        d["setting"] = self.setting(d["index"], d["video"])
+        d["au"] = au_track(rng, d["person"], self.frames)
+        d["pose"] = _pose_track(rng, d["setting"], self.frames)
+        d["focus"] = rng.uniform(0.3, 1.2) if rng.random() < 0.5 else 0.0  # half the clips are sharp
+        d["sigma"] = np.float32(rng.uniform(1, 5))
+        d["offsets"] = rng.integers(0, self.size, (self.frames, 2))
+        d["start"], d["quality"] = int(rng.integers(0, 5000)), int(rng.integers(70, 96))
+        return d
+
+    def nuisance(self, clip: int) -> dict[str, np.ndarray]:
+        """What the renderer drew for `clip` besides AUs and landmarks, never stored in a shard:
+        the head's `pose` per frame [T, 6] (yaw, pitch, roll in radians, scale, dx, dy), the
+        video's `light` direction [3], and the clip's first stored `frame_index` (`start`). For
+        probes of what an embedding holds (`python -m pretrain.contents`)."""
+        d = self._draws(clip)
+        return {"pose": d["pose"], "light": d["setting"]["light"]["direction"].astype(np.float32),
+                "start": d["start"]}  # fmt: skip
+
     def frames_and_labels(self, clip: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """uint8 frames [T, S, S, 3], AU intensities [T, A], landmarks [T, 68, 2], and metadata."""
         t0 = time.perf_counter()
-        rng = np.random.default_rng([self.seed, clip])
-        index = self.person_of(clip)
-        person = self.person(index)
-        video = int(rng.integers(VIDEOS_PER_PERSON))
-        setting = self.setting(index, video)
-        au = au_track(rng, person, self.frames)
-        pose = _pose_track(rng, setting, self.frames)
-        state = face_state(person, au)
-        img = render(person, state, pose, self.size, setting["light"], setting["background"])
-        focus = rng.uniform(0.3, 1.2) if rng.random() < 0.5 else 0.0  # half the clips are sharp
-        frames = _blur_frames(np.clip(img, 0, 255).astype(np.uint8), focus)
-        sigma = np.float32(rng.uniform(1, 5))
-        offsets = rng.integers(0, self.size, (self.frames, 2))
-        noise = np.stack([self._noise[y : y + self.size, x : x + self.size] for y, x in offsets])
-        frames = np.clip(frames + sigma * noise, 0, 255).astype(np.uint8)
-        landmarks = project(landmarks_canonical(person, state), pose, self.size)
-        meta = {
-            "person": index,
-            "video": video,
-            "start": int(rng.integers(0, 5000)),
-            "quality": int(rng.integers(70, 96)),
-        }
+        d = self._draws(clip)
+        state = face_state(d["person"], d["au"])
+        img = render(d["person"], state, d["pose"], self.size, d["setting"]["light"], d["setting"]["background"])
+        frames = _blur_frames(np.clip(img, 0, 255).astype(np.uint8), d["focus"])
+        noise = np.stack([self._noise[y : y + self.size, x : x + self.size] for y, x in d["offsets"]])
+        frames = np.clip(frames + d["sigma"] * noise, 0, 255).astype(np.uint8)
+        landmarks = project(landmarks_canonical(d["person"], state), d["pose"], self.size)
+        meta = {"person": d["index"], "video": d["video"], "start": d["start"], "quality": d["quality"]}
         self.seconds["draw"] += time.perf_counter() - t0
-        return frames, au, landmarks, meta
+        return frames, d["au"], landmarks, meta
 
     def clip(self, clip: int, prefix: str = "synth") -> Clip:
         frames, au, landmarks, meta = self.frames_and_labels(clip)
