@@ -11,7 +11,9 @@ frames, trained on the training identities and tested on the 30 held-out people:
 * head pose: ridge regression of yaw, pitch and roll (R^2), and of the scene's light direction;
   the renderer drew them (`shards.synthetic.Renderer.nuisance`) and no shard stores them, so
   this needs the synthetic set;
-* identity: a linear classifier over the held-out people, split by clip, with chance.
+* identity: a linear classifier over the held-out people, split by clip, with chance; and the
+  same over their videos (each person is filmed in a few scenes: background, light, camera), which
+  says how much of the scene the features keep.
 
 A backbone whose AU gain comes with pose or light is reading the camera, not the face: these are
 the nuisances a temporal objective can learn instead of AUs (head drift is what changes most
@@ -94,6 +96,8 @@ def contents(spec: str, source: str, ev: EvalConfig, size: int, seed: int = 0) -
                                   truth[1]["light"][:, :2], **fit)["mean_r2"]  # fmt: skip
     leak = identity_probe(test["features"], test["identity"], groups=test["clip"], seed=seed)
     row["identity_acc"], row["identity_chance"] = leak["accuracy"], leak["chance"]
+    scene = identity_probe(test["features"], test["video"], groups=test["clip"], seed=seed)
+    row["video_acc"], row["video_chance"] = scene["accuracy"], scene["chance"]
     return row
 
 
@@ -113,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     ev = EvalConfig(probe_clips=args.probe_clips)
     print(f"what each backbone's pooled features hold (held-out people of {source}):")
     print(f"{'backbone':44s} {'AU F1 2%':>9s} {'AU F1 100%':>10s} {'pose R2':>8s} {'(yaw pitch roll)':>18s} "
-          f"{'light R2':>8s} {'identity':>8s}")  # fmt: skip
+          f"{'light R2':>8s} {'identity':>8s} {'video':>6s}")  # fmt: skip
     for spec in args.backbones:
         r = contents(published(spec), source, ev, args.size)
         print(f"{spec[-44:]:44s} {r['au_f1_sparse']:9.3f} {r['au_f1_all']:10.3f} {r['pose_r2']:8.3f} "
               f"({r['yaw_r2']:.2f} {r['pitch_r2']:.2f} {r['roll_r2']:.2f}) {r['light_r2']:8.3f} "
-              f"{r['identity_acc']:8.3f}", flush=True)  # fmt: skip
-    print(f"identity chance {r['identity_chance']:.3f}; AU F1 2% is the mean of {len(ev.label_seeds)} label draws")
+              f"{r['identity_acc']:8.3f} {r['video_acc']:6.3f}", flush=True)  # fmt: skip
+    print(f"chance: identity {r['identity_chance']:.3f}, video {r['video_chance']:.3f}; "
+          f"AU F1 2% is the mean of {len(ev.label_seeds)} label draws")  # fmt: skip
     return 0
 
 

@@ -29,14 +29,14 @@ from shards.stream import ClipStream, spread_stride
 @torch.no_grad()
 def extract(encoder, source, split: str | None, clips: int | None, frames: int, size: int,
             mean, std, device, batch_size: int = 32, stride: int = 1) -> dict[str, np.ndarray]:  # fmt: skip
-    """Per-frame backbone features, AU embeddings, AU occurrence labels, identities, clip numbers,
-    clip keys and stored frame indices of the first `clips` clips of a split (all when None),
+    """Per-frame backbone features, AU embeddings, AU occurrence labels, identities, video ids,
+    clip numbers, clip keys and stored frame indices of the first `clips` clips of a split (all when None),
     read once in manifest order. Frames are
     aligned by their landmarks where the shards have them, as fine-tuning aligns them."""
     stream = ClipStream(source, split=split, frames=frames, stride=stride, batch_size=batch_size, mode="exact",
                         rank=0, world=1, num_workers=0)  # fmt: skip
     n_batches = len(stream) if clips is None else min(len(stream), -(-clips // batch_size))
-    out = {"features": [], "au": [], "occ": [], "identity": [], "clip": [], "key": [], "frame_index": []}
+    out = {"features": [], "au": [], "occ": [], "identity": [], "video": [], "clip": [], "key": [], "frame_index": []}
     was_training = encoder.training
     encoder.eval()
     for number, batch in enumerate(itertools.islice(stream, n_batches)):
@@ -50,6 +50,7 @@ def extract(encoder, source, split: str | None, clips: int | None, frames: int, 
         out["au"].append(encoded["au"].flatten(0, 1).float().cpu())
         out["occ"].append(batch.au_occ[keep].flatten(0, 1))
         out["identity"].append(batch.identity[keep].repeat_interleave(t))
+        out["video"].append(batch.video[keep].repeat_interleave(t))
         clip_ids = number * batch_size + torch.arange(len(batch))  # one id per clip read
         out["clip"].append(clip_ids[keep].repeat_interleave(t))
         out["key"].append([k for k, kept in zip(batch.keys, keep.tolist()) if kept for _ in range(t)])

@@ -62,6 +62,7 @@ def test_contents_table_for_a_random_backbone(small_set):
     assert len(row["au_f1_draws"]) == 2 and 0 <= row["au_f1_sparse"] <= 1 and 0 <= row["au_f1_all"] <= 1
     assert all(np.isfinite(row[k]) and row[k] <= 1 for k in ("pose_r2", "yaw_r2", "light_r2"))
     assert 0 <= row["identity_acc"] <= 1 and 0 < row["identity_chance"] < 1
+    assert 0 <= row["video_acc"] <= 1 and 0 < row["video_chance"] <= row["identity_chance"]
 
 
 def test_a_set_without_a_renderer_is_refused(tmp_path, small_set):

@@ -61,7 +61,8 @@ def test_defaults_have_one_home_and_the_default_set_is_the_benchmark():
         for job in ("pretrain", "finetune"):
             cfg = compose(config_name=job)
             assert dict(cfg.data.synthetic) == benchmark and cfg.data.frames == 4 and cfg.data.resize == 56
-            assert compose(config_name=job, overrides=["data=shards", "data.source=x"]).data.frames == 8
+            shards = compose(config_name=job, overrides=["data=shards", "data.source=x"]).data
+            assert (shards.frames, shards.stride) == (4, 5)  # build's 16 stored frames, flow's window
             with pytest.raises(ConfigCompositionException) as refused:
                 compose(config_name=job, overrides=["data.kind=shardz"])
             assert "expected one of [synthetic, shards, bp4d, disfa, csv]" in str(refused.value.__cause__)
