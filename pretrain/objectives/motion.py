@@ -86,8 +86,12 @@ class MotionFlow(FlowReadout):
     single-image flow: the motion its muscles are making); `"pair"`, the change of features
     f(j) - f(i) predicts it (the person and the light cancel in the difference, so the features
     must hold the face's state linearly, as a linear probe reads it). `pairs` says between which
-    frames: `"consecutive"` (i, i+1), or `"all"` (every i < j of the view: the wider gaps carry
-    larger motions, and so more of the muscles' against the camera's noise).
+    frames: `"consecutive"` (i, i+1), or `"all"` (every i < j of the view).
+
+    How far apart the frames are is what matters most: over wider gaps the muscles have moved
+    further than DIS's noise and the head's drift. The gap is the data's window (`data.stride`);
+    on the synthetic benchmark stride 5 beat stride 2 in every probe draw, and `pairs: all` added
+    nothing at stride 4 or 5 (README, "Pixels-only objectives").
     """
 
     def __init__(self, feature_dim: int, grid: int = 8, components: int = 24, momentum: float = 0.01,
