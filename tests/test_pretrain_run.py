@@ -124,7 +124,9 @@ def test_config_is_strict_and_complete():
         both = compose(config_name="pretrain", overrides=["objective=temporal_geometry"])
         assert set(both.objectives) == {"temporal_margin", "clip_contrastive", "landmark_geometry"}
         shards = compose(config_name="pretrain", overrides=["data=shards", "data.source=S"])
-        assert set(shards.objectives) == {"flow"}, "shards without landmarks default to the pixels-only objective"
+        # shards without landmarks default to the best pixels-only objective: flow with the card's terms
+        assert set(shards.objectives) == {"flow", "temporal_margin", "clip_contrastive", "cross_identity"}
+        assert shards.objectives.clip_contrastive.weight == 0.1 and (shards.data.frames, shards.data.stride) == (4, 5)
         cross = compose(config_name="pretrain", overrides=["objective=cross_identity"])
         assert set(cross.objectives) == {"landmark_geometry", "cross_identity"}
         assert cross.mining.capacity == 16384 and cross.mining.k == 8
@@ -386,8 +388,8 @@ def test_built_shards_refuse_a_window_longer_than_their_clips_in_one_line(tmp_pa
 @pytest.mark.slow
 def test_built_shards_pretrain_with_the_shards_defaults(tmp_path, cache, built_videos):
     """`data=shards` as configured serves what `shards build` writes: its default objective, the
-    pixels-only flow, trains on it with no bad sample, the AU probes are skipped (no labels) and the
-    backbone is published."""
+    pixels-only flow with the temporal and cross-identity terms, trains on it with no bad sample,
+    the AU probes are skipped (no labels) and the backbone is published."""
     run_dir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "pretrain", "data=shards", f"data.source={built_videos}",
                            "data.resize=32", "data.num_workers=1", "train.batch_size=2",
@@ -397,7 +399,7 @@ def test_built_shards_pretrain_with_the_shards_defaults(tmp_path, cache, built_v
     log = proc.stdout + proc.stderr
     assert "carries no AU labels: the AU probes are skipped" in log
     assert "stream skipped bad data" not in log and sorted(losses(run_dir)) == [1, 2, 3]
-    assert all(set(record) >= {"flow", "flow_epe"} for record in losses(run_dir).values())
+    assert all(set(record) >= {"flow", "flow_epe", "cross_identity"} for record in losses(run_dir).values())
     assert (run_dir / "published" / "auforge-pretrain" / "model.safetensors").exists()
 
 
