@@ -32,12 +32,11 @@ import torch
 from finetune.backbone import load_backbone
 from finetune.config import SyntheticConfig
 from finetune.probe import identity_probe, linear_probe, ridge_probe
-from finetune.protocol import labelled_subset
 from pretrain.config import EvalConfig
-from pretrain.evaluate import extract
+from pretrain.evaluate import extract, sparse_label_draws
 from shards.manifest import Manifest
 from shards.stream import spread_stride
-from shards.synthetic import Renderer, cached_synthetic
+from shards.synthetic import Renderer, cached_synthetic, clip_number
 
 
 class Frozen(torch.nn.Module):
@@ -65,7 +64,7 @@ def nuisance_labels(source: str, keys: np.ndarray, frame_index: np.ndarray) -> d
     pose, light = [], []
     for key, index in zip(keys, frame_index):
         if key not in cache:
-            cache[key] = renderer.nuisance(int(key.rsplit("-", 1)[1]))
+            cache[key] = renderer.nuisance(clip_number(key))
         drawn = cache[key]
         pose.append(drawn["pose"][index - drawn["start"], :3])
         light.append(drawn["light"])
@@ -80,13 +79,8 @@ def contents(spec: str, source: str, ev: EvalConfig, size: int, seed: int = 0) -
     read = dict(frames=ev.frames, size=backbone.input_size, mean=backbone.mean, std=backbone.std, device="cpu",
                 stride=stride)  # fmt: skip
     train, test = extract(encoder, source, "train", ev.probe_clips, **read), extract(encoder, source, "heldout", None, **read)
-    row = {"input": backbone.input_size}
-    draws = []
-    for s in ev.label_seeds:
-        labelled, _ = labelled_subset(np.arange(len(train["occ"])), ev.label_fraction, s)
-        draws.append(linear_probe(train["features"][labelled], train["occ"][labelled], test["features"], test["occ"],
-                                  seed=s)["mean_f1"])  # fmt: skip
-    row["au_f1_sparse"], row["au_f1_draws"] = float(np.mean(draws)), draws
+    draws = list(sparse_label_draws(train, test, ev).values())
+    row = {"au_f1_sparse": float(np.mean(draws)), "au_f1_draws": draws}
     row["au_f1_all"] = linear_probe(train["features"], train["occ"], test["features"], test["occ"])["mean_f1"]
     truth = [nuisance_labels(source, part["key"], part["frame_index"]) for part in (train, test)]
     fit = dict(groups=train["identity"])

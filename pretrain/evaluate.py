@@ -60,6 +60,17 @@ def extract(encoder, source, split: str | None, clips: int | None, frames: int, 
     return {"key": keys, **{k: torch.cat(v).numpy() for k, v in out.items()}}
 
 
+def sparse_label_draws(train: dict, test: dict, ev) -> dict[int, float]:
+    """Label seed -> mean F1 of the AU linear probe that learns from that seed's draw of
+    `ev.label_fraction` of the training frames (features and labels as `extract` reads them)."""
+    draws = {}
+    for seed in ev.label_seeds:
+        labelled, _ = labelled_subset(np.arange(len(train["occ"])), ev.label_fraction, seed)
+        draws[seed] = linear_probe(train["features"][labelled], train["occ"][labelled], test["features"], test["occ"],
+                                   seed=seed)["mean_f1"]  # fmt: skip
+    return draws
+
+
 def probe_encoder(encoder, cfg, source, image_size: int, mean, std, device) -> dict[str, float]:
     """The three probes on one encoder, as flat numbers for logging, on frames of `image_size`
     (the run's provenance: what the encoder trained on)."""
@@ -69,11 +80,7 @@ def probe_encoder(encoder, cfg, source, image_size: int, mean, std, device) -> d
     train = extract(encoder, source, data.train_split, ev.probe_clips, ev.frames, image_size, mean, std, device,
                     stride=stride)  # fmt: skip
     test = extract(encoder, source, data.eval_split, None, ev.frames, image_size, mean, std, device, stride=stride)
-    draws = {}
-    for seed in ev.label_seeds:
-        labelled, _ = labelled_subset(np.arange(len(train["occ"])), ev.label_fraction, seed)
-        draws[seed] = linear_probe(train["features"][labelled], train["occ"][labelled], test["features"], test["occ"],
-                                   seed=seed)["mean_f1"]  # fmt: skip
+    draws = sparse_label_draws(train, test, ev)
     knn = knn_probe(train["features"], train["occ"], test["features"], test["occ"], k=ev.knn_k)
     # split by clip: frames of one clip are near-duplicates and would pass for identity
     leak = identity_probe(test["au"], test["identity"], groups=test["clip"], seed=cfg.train.seed)

@@ -255,6 +255,12 @@ class Renderer:
         )
 
 
+def clip_number(clip_id: str) -> int:
+    """The renderer's clip index in a clip id (or tar key) that `Renderer.clip` wrote:
+    PREFIX SEED-NNNNNNN."""
+    return int(clip_id.rsplit("-", 1)[1])
+
+
 def make_clip(seed: int, index: int, identities: int, frames: int, size: int) -> Clip:
     """Clip `index` of the synthetic set with these settings (one-off; `Renderer` for many)."""
     return Renderer(seed, identities, frames, size).clip(index)

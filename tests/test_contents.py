@@ -12,7 +12,7 @@ from finetune.probe import ridge_probe
 from pretrain.config import EvalConfig
 from pretrain.contents import Frozen, contents, nuisance_labels
 from pretrain.evaluate import extract
-from shards.synthetic import Renderer, write_synthetic
+from shards.synthetic import Renderer, clip_number, write_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,7 +46,7 @@ def test_pose_and_light_are_the_renderers_for_each_frame_read(small_set):
     renderer = Renderer(2, 8, 8, 48)
     assert len(truth["pose"]) == len(read["features"]) == len(read["key"])
     for row in (0, 1, 5, len(read["key"]) - 1):
-        clip = int(read["key"][row].rsplit("-", 1)[1])
+        clip = clip_number(read["key"][row])
         drawn = renderer.nuisance(clip)
         offset = read["frame_index"][row] - drawn["start"]
         assert 0 <= offset < 8  # the frame is one of the clip's own
