@@ -33,7 +33,7 @@ from finetune.backbone import load_backbone
 from finetune.config import SyntheticConfig
 from finetune.probe import identity_probe, linear_probe, ridge_probe
 from pretrain.config import EvalConfig
-from pretrain.evaluate import extract, sparse_label_draws
+from pretrain.evaluate import extract, label_draws, sparse_label_draws
 from shards.manifest import Manifest
 from shards.stream import spread_stride
 from shards.synthetic import Renderer, cached_synthetic, clip_number
@@ -79,7 +79,7 @@ def contents(spec: str, source: str, ev: EvalConfig, size: int, seed: int = 0) -
     read = dict(frames=ev.frames, size=backbone.input_size, mean=backbone.mean, std=backbone.std, device="cpu",
                 stride=stride)  # fmt: skip
     train, test = extract(encoder, source, "train", ev.probe_clips, **read), extract(encoder, source, "heldout", None, **read)
-    draws = list(sparse_label_draws(train, test, ev).values())
+    draws = [p["linear"] for p in sparse_label_draws(train, test, label_draws(len(train["occ"]), ev)).values()]
     row = {"au_f1_sparse": float(np.mean(draws)), "au_f1_draws": draws}
     row["au_f1_all"] = linear_probe(train["features"], train["occ"], test["features"], test["occ"])["mean_f1"]
     truth = [nuisance_labels(source, part["key"], part["frame_index"]) for part in (train, test)]

@@ -76,3 +76,40 @@ def test_a_set_without_a_renderer_is_refused(tmp_path, small_set):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="copy: pose and light probes need a synthetic set"):
         nuisance_labels(str(copy), np.array(["x-1"]), np.array([0]))
+
+
+def test_probes_encode_only_the_labelled_frames_and_match_reading_them_all(small_set):
+    """The run's probes encode the training frames some draw labels, one by one; each frame's
+    features and labels are what reading every frame in batches gives, and so are the draws' F1."""
+    import timm
+    from omegaconf import OmegaConf
+
+    from pretrain.config import PretrainConfig
+    from pretrain.evaluate import label_draws, probe_encoder, sparse_label_draws
+    from pretrain.model import ClipEncoder
+
+    torch.manual_seed(0)
+    read = dict(frames=4, size=48, mean=(0.5,) * 3, std=(0.5,) * 3, device="cpu", stride=2)
+    everything = extract(Frozen(timm.create_model("resnet10t", num_classes=0)), small_set, "train", None, **read)
+    rows = np.array([0, 3, 4, 17, len(everything["occ"]) - 1])
+    torch.manual_seed(0)
+    some = extract(Frozen(timm.create_model("resnet10t", num_classes=0)), small_set, "train", None, rows=rows, **read)
+    for name in ("occ", "identity", "clip", "key", "frame_index"):
+        np.testing.assert_array_equal(some[name], everything[name][rows])
+    np.testing.assert_allclose(some["features"], everything["features"][rows], rtol=1e-4, atol=1e-5)
+    labels = extract(None, small_set, "train", None, **read)
+    assert "features" not in labels and len(labels["occ"]) == len(everything["occ"])
+
+    cfg = OmegaConf.structured(PretrainConfig)
+    cfg.eval.frames, cfg.eval.label_fraction, cfg.eval.label_seeds, cfg.eval.knn_k = 4, 0.2, [0, 1], 5
+    torch.manual_seed(0)
+    encoder = ClipEncoder("resnet10t", 16, "conv", 48)
+    probes = probe_encoder(encoder, cfg, small_set, 48, (0.5,) * 3, (0.5,) * 3, "cpu")
+    full = extract(encoder, small_set, "train", None, **read)  # stride 2: the probes spread 4 frames over 8
+    test = extract(encoder, small_set, "heldout", None, **read)
+    expected = sparse_label_draws(full, test, label_draws(len(full["occ"]), cfg.eval), knn_k=5)
+    # features one frame at a time differ from batched ones in the last float bits, which can move a
+    # frame across a threshold of a probe fitted on 29 labelled frames: close, not bit-equal
+    for seed in (0, 1):
+        assert probes[f"probe/linear_f1_seed{seed}"] == pytest.approx(expected[seed]["linear"], abs=0.01)
+    assert probes["probe/knn_f1"] == pytest.approx(np.mean([e["knn"] for e in expected.values()]), abs=0.01)
