@@ -21,6 +21,8 @@ from finetune.resume import config_view
 @dataclass
 class ModelConfig:
     arch: str = "resnet18"  # any timm architecture
+    # more timm keyword arguments for it (e.g. {patch_size: 8}); published in config.json's model_args
+    args: dict[str, Any] = field(default_factory=dict)
     embed_dim: int = 128  # AU embedding
     temporal: str = "conv"  # conv | gru | transformer | none
     drop_path: float = 0.0
@@ -50,7 +52,7 @@ class DeepSpeedConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 600
+    steps: int = 200  # the embedded default's budget (the README's evidence: train.steps=600)
     batch_size: int = 16  # clips per rank and micro-step
     seed: int = 0
     log_every: int = 10
@@ -143,6 +145,7 @@ def check_values(cfg) -> None:
     """Refuse values that would otherwise fail only after DeepSpeed has started, naming the key."""
     import timm
 
+    from finetune.backbone import MODEL_ARGS
     from pretrain.model import TEMPORAL
 
     at_least = {"train.batch_size": 1, "train.steps": 1, "train.ckpt_every": 1, "train.log_every": 1,
@@ -161,6 +164,10 @@ def check_values(cfg) -> None:
         close = timm.list_models(f"*{cfg.model.arch}*")[:8]
         raise ConfigError(f"model.arch={cfg.model.arch!r}: not a timm architecture"
                           + (f" (similar: {', '.join(close)})" if close else ""))  # fmt: skip
+    refused = sorted(set(cfg.model.args) - MODEL_ARGS)
+    if refused:  # a published backbone's loader takes only these (finetune.backbone.MODEL_ARGS)
+        raise ConfigError(f"model.args: {', '.join(refused)} not allowed; timm arguments a published backbone "
+                          f"may carry: {', '.join(sorted(MODEL_ARGS))}")  # fmt: skip
     if cfg.model.temporal not in TEMPORAL:
         raise ConfigError(f"model.temporal={cfg.model.temporal!r}: one of {sorted(TEMPORAL)}")
     if cfg.deepspeed.stage not in (0, 1, 2):

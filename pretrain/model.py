@@ -63,12 +63,12 @@ class ClipEncoder(nn.Module):
     """Frames [B, T, 3, H, W] (normalised) -> frame features, AU embeddings, clip embedding."""
 
     def __init__(self, arch: str, embed_dim: int = 128, temporal: str = "conv", image_size: int | None = None,
-                 drop_path: float = 0.0, channels_last: bool = True):  # fmt: skip
+                 drop_path: float = 0.0, channels_last: bool = True, args: dict | None = None):  # fmt: skip
         super().__init__()
         if temporal not in TEMPORAL:
             raise ValueError(f"temporal module must be one of {sorted(TEMPORAL)}, got {temporal!r}")
         extra = {"drop_path_rate": drop_path} if drop_path else {}
-        self.arch, self.model_args = arch, backbone_args(arch, image_size)
+        self.arch, self.model_args = arch, {**backbone_args(arch, image_size), **(args or {})}
         self.backbone = timm.create_model(arch, pretrained=False, num_classes=0, **self.model_args, **extra)
         self.num_features = self.backbone.num_features
         self.au_head = nn.Sequential(

@@ -106,7 +106,8 @@ def data_source(cfg, rank: int) -> str:
 def build_encoder(cfg, image_size: int) -> ClipEncoder:
     torch.manual_seed(cfg.train.seed)  # every rank starts from the same weights
     m = cfg.model
-    encoder = ClipEncoder(m.arch, m.embed_dim, m.temporal, image_size, m.drop_path, m.channels_last)
+    encoder = ClipEncoder(m.arch, m.embed_dim, m.temporal, image_size, m.drop_path, m.channels_last,
+                          OmegaConf.to_container(m.args))  # fmt: skip
     if m.compile:
         encoder.backbone.compile()  # in place: the state dict keeps timm's keys
     return encoder

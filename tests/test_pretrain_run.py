@@ -120,7 +120,9 @@ def test_config_is_strict_and_complete():
     register()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name="pretrain")
-        assert cfg.model.arch == "resnet18" and cfg.deepspeed.stage == 0 and set(cfg.objectives) == {"landmark_geometry"}
+        assert cfg.model.arch == "resnet18" and cfg.deepspeed.stage == 0 and cfg.train.steps == 200
+        # the embedded default: pixels only, flow over 4 frames 5 stored frames apart, its whitening quick
+        assert set(cfg.objectives) == {"flow"} and cfg.objectives.flow.momentum == 0.05 and cfg.data.stride == 5
         both = compose(config_name="pretrain", overrides=["objective=temporal_geometry"])
         assert set(both.objectives) == {"temporal_margin", "clip_contrastive", "landmark_geometry"}
         shards = compose(config_name="pretrain", overrides=["data=shards", "data.source=S"])
@@ -137,13 +139,14 @@ def test_config_is_strict_and_complete():
         for name in ("resnet50_112", "vit_s_112"):
             preset = compose(config_name="pretrain", overrides=[f"experiment={name}"])
             assert preset.data.frames == 16 and preset.data.resize == 112 and preset.optim.lr_batch == 256
-            assert preset.data.stride == 1  # 16 frames, as `shards build` stores them by default
+            assert preset.data.stride == 1  # 16 frames, as `shards build` stores them by default (not _self_'s 5)
 
 
 @pytest.mark.parametrize("override, message", [
     ("train.batch_size=0", "train.batch_size=0: must be an integer >= 1"),
     ("data.frames=0", "data.frames=0: must be an integer >= 2"),
     ("model.arch=resnet9000", "model.arch='resnet9000': not a timm architecture"),
+    ("+model.args.checkpoint_path=x.pth", "model.args: checkpoint_path not allowed"),
     ("deepspeed.stage=3", "deepspeed.stage=3"),
 ])  # fmt: skip
 def test_bad_values_are_refused_with_the_config_naming_the_key(override, message):
@@ -211,27 +214,35 @@ def test_a_fatal_error_ends_the_run_and_its_workers(tmp_path, cache):
 def test_when_one_rank_fails_its_peers_end_too(tmp_path, cache):
     """Two ranks; rank 1 fails (one of its data workers is killed, so its stream raises). Rank 0,
     blocked in a collective that can no longer complete, must not wait for a launcher's SIGKILL
-    (or, under SLURM, the process group's timeout): it sees rank 1's failure marker and ends."""
+    (or, under SLURM, the process group's timeout): it sees rank 1's failure marker and ends.
+    The ranks start as srun starts them, without torchrun's agent, which would otherwise race the
+    marker by sending rank 0 SIGTERM as soon as rank 1 exits."""
     import psutil
 
+    from pretrain.distributed import free_port
+
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(command(run_dir, 200, 2), env=env(cache), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    world = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    ranks = [subprocess.Popen(command(run_dir, 200, 1), env={**env(cache), **world, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True) for r in (0, 1)]  # fmt: skip
     try:
         deadline = time.time() + 300
         while max(losses(run_dir), default=0) < 2 if (run_dir / "metrics.jsonl").exists() else True:
-            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be broken"
+            assert all(p.poll() is None for p in ranks) and time.time() < deadline, "a rank ended before the break"
             time.sleep(0.1)
-        ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(proc.pid).children()}
-        ranks[1].children()[0].kill()  # a data worker of rank 1
+        psutil.Process(ranks[1].pid).children()[0].kill()  # a data worker of rank 1
         broken = time.time()
-        out = proc.communicate(timeout=120)[0]
+        out = ranks[0].communicate(timeout=120)[0]
         ended = time.time() - broken
+        ranks[1].communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0 and "rank1 failed (RuntimeError: DataLoader worker" in out, out[-3000:]
-    assert ended < 20, f"the run took {ended:.0f}s to end (torchrun's own grace is 30s)"
+        for p in ranks:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert ranks[1].returncode != 0 and ranks[0].returncode != 0
+    assert "rank1 failed (RuntimeError: DataLoader worker" in out, out[-3000:]
+    assert ended < 20, f"rank 0 took {ended:.0f}s to end"
 
 
 @pytest.mark.slow
@@ -407,8 +418,8 @@ def test_built_shards_pretrain_with_the_shards_defaults(tmp_path, cache, built_v
 @pytest.mark.parametrize("arch_args", [
     # Swin-T where its windows fit (112 px), with the objectives that read feature maps
     ["model=swin_tiny", "data.resize=112", "objective=au_relation", "+objectives.roi_inpaint.weight=1.0"],
-    # ViT-S/8 with masked image modelling on its own patches
-    ["model=vit_small_p8", "data.resize=32", "objective=masked_image"],
+    # ViT-Ti/8 (timm's ViT-Ti/16 built with model.args.patch_size=8) with masked image modelling
+    ["model=vit_tiny_p8", "data.resize=32", "objective=masked_image"],
 ])  # fmt: skip
 def test_swin_and_vit_runs_complete_and_publish(tmp_path, cache, arch_args):
     run_dir = tmp_path / "run"
@@ -423,3 +434,5 @@ def test_swin_and_vit_runs_complete_and_publish(tmp_path, cache, arch_args):
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     assert set(load_file(folder / "model.safetensors")) == set(model.state_dict())
     assert config["architecture"] == model.default_cfg["architecture"]
+    if "model=vit_tiny_p8" in arch_args:  # the config's timm arguments travel with the published weights
+        assert config["model_args"]["patch_size"] == 8 and tuple(model.patch_embed.patch_size) == (8, 8)

@@ -12,6 +12,9 @@ def add_shape_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="resnet18", help="timm architecture (model.arch)")
     p.add_argument("--size", type=int, default=56, help="frame side in pixels (data.resize)")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (data.frames); views take 3/4 of them")
+    p.add_argument("--stride", type=int, default=2,
+                   help="stored frames between them (data.stride; 2, not pretraining's 5: the same step "
+                        "cost, shorter clips to render)")  # fmt: skip
     p.add_argument("--batch", type=int, default=16, help="clips per step (train.batch_size)")
     p.add_argument("--steps", type=int, default=20, help="measured steps of each kind")
     p.add_argument("--warmup", type=int, default=3, help="unmeasured steps of each kind first")
@@ -43,7 +46,7 @@ def compose(args: argparse.Namespace, run_dir: str, *last: str):
 
     flags = [
         f"model.arch={args.arch}", f"data.resize={args.size}", f"data.frames={args.frames}",
-        f"train.batch_size={args.batch}", f"train.run_dir={run_dir}", "train.steps=100000", "eval.enabled=false",
+        f"data.stride={args.stride}", f"train.batch_size={args.batch}", f"train.run_dir={run_dir}", "train.steps=100000", "eval.enabled=false",
         f"objective={args.objectives}", f"data.synthetic.clips={args.clips}", "data.synthetic.identities=8",
         "data.synthetic.shard_samples=16", f"data.synthetic.size={args.size}",
         *([f"data.num_workers={args.workers}"] if args.workers is not None else []),
