@@ -1,0 +1,219 @@
+"""Faces in real video: detection, tracking by overlap and 68-point landmarks (iBUG 300-W order,
+as `shards.geometry` aligns them). One module for every part that meets raw video: the shard
+builder, fine-tuning and inference.
+
+The default backend is dlib's (`dlib-bin`, with the weights that `face_recognition_models`
+installs): a HOG detector on the frame upsampled once and the 68-point shape predictor. Those
+68-point weights were trained on iBUG 300-W, whose licence excludes commercial use: a model built
+on its landmarks inherits that, and its card must say so. Measured on the project's synthetic
+faces by `python -m shards.face_pipeline` (README, "Faces in real video").
+
+Another detector plugs in as a `FaceBackend`: `detect(frame)` returns scored boxes, `landmarks(frame,
+box)` the 68 points of the face in that box. `track_faces` turns a stream of frames into face
+tracks, one per face, cut where the face is lost or the shot changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+import numpy as np
+
+LANDMARKS = 68
+
+
+@dataclass
+class Detection:
+    box: np.ndarray  # [4] float: x0, y0, x1, y1 in pixels
+    score: float  # the detector's confidence (dlib's HOG: the SVM margin, 0 at its default threshold)
+
+
+class FaceBackend(Protocol):
+    name: str
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        """Faces in an RGB uint8 frame [H, W, 3], best first."""
+
+    def landmarks(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """The 68 points [68, 2] (x, y in pixels) of the face in `box`."""
+
+
+def dlib_weights(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
+    """A weights file of the installed `face_recognition_models`, found without importing it (its
+    __init__ needs pkg_resources, which recent setuptools no longer ship)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("face_recognition_models is not installed: pip install face_recognition_models")
+    path = Path(spec.submodule_search_locations[0]) / "models" / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing from the installed face_recognition_models")
+    return path
+
+
+class DlibFaces:
+    """dlib's HOG face detector and 68-point shape predictor. `upsample`: how many times the frame
+    is doubled before detection (1 finds faces down to about 40 px; each step costs ~4x);
+    `threshold`: the SVM margin a detection needs (dlib's own default is 0)."""
+
+    name = "dlib-hog+shape68"
+
+    def __init__(self, upsample: int = 1, threshold: float = -0.5):
+        import dlib
+
+        self.upsample, self.threshold = upsample, threshold
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(str(dlib_weights()))
+        self._rect = dlib.rectangle
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        rects, scores, _ = self._detector.run(np.ascontiguousarray(frame), self.upsample, self.threshold)
+        found = [Detection(np.array([r.left(), r.top(), r.right(), r.bottom()], float), float(s))
+                 for r, s in zip(rects, scores)]  # fmt: skip
+        return sorted(found, key=lambda d: -d.score)
+
+    def landmarks(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        shape = self._predictor(np.ascontiguousarray(frame), self._rect(x0, y0, x1, y1))
+        return np.array([[shape.part(i).x, shape.part(i).y] for i in range(LANDMARKS)], np.float32)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes x0, y0, x1, y1."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def shot_changed(previous: np.ndarray | None, frame: np.ndarray, limit: float = 0.5) -> bool:
+    """Whether `frame` starts a new shot: its grey-level histogram's correlation with the previous
+    frame's falls below `limit` (a cut swaps the scene at once; motion and light drift do not)."""
+    if previous is None:
+        return False
+    a, b = (np.histogram(f.mean(axis=2), bins=32, range=(0, 255))[0].astype(float) for f in (previous, frame))
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return bool(denom > 0 and (a * b).sum() / denom < limit)
+
+
+@dataclass
+class FaceTrack:
+    """One face over consecutive frames of a video: frame numbers, boxes [T, 4], detection scores
+    [T] and landmarks [T, 68, 2]."""
+
+    frames: list[int] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    landmarks: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, number: int, frame: np.ndarray, found: Detection, backend: FaceBackend) -> None:
+        self.frames.append(number)
+        self.boxes.append(found.box)
+        self.scores.append(found.score)
+        self.landmarks.append(backend.landmarks(frame, found.box))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"frames": np.array(self.frames), "boxes": np.stack(self.boxes), "scores": np.array(self.scores),
+                "landmarks": np.stack(self.landmarks)}  # fmt: skip
+
+
+def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, min_iou: float = 0.3,
+                min_length: int = 1) -> Iterator[FaceTrack]:  # fmt: skip
+    """Face tracks of a stream of RGB frames, each yielded when it ends: a detection continues the
+    track whose last box it overlaps most (IoU >= `min_iou`, one detection per track); a track
+    with no detection in a frame ends (the face is lost), and every track ends at a shot change.
+    Tracks shorter than `min_length` frames are dropped. Frames are read once, in order, and
+    never held beyond the previous one."""
+    active: list[FaceTrack] = []
+    previous = None
+    for number, frame in enumerate(frames):
+        if shot_changed(previous, frame):
+            yield from (t for t in active if len(t.frames) >= min_length)
+            active = []
+        previous = frame
+        found = backend.detect(frame)
+        pairs = sorted(((iou(t.boxes[-1], d.box), i, j) for i, t in enumerate(active) for j, d in enumerate(found)),
+                       reverse=True)  # fmt: skip
+        continued, used = {}, set()
+        for overlap, i, j in pairs:
+            if overlap >= min_iou and i not in continued and j not in used:
+                continued[i] = j
+                used.add(j)
+        for i, track in enumerate(active):
+            if i in continued:
+                track.add(number, frame, found[continued[i]], backend)
+            elif len(track.frames) >= min_length:
+                yield track
+        active = [t for i, t in enumerate(active) if i in continued]
+        for j, detection in enumerate(found):
+            if j not in used:
+                active.append(FaceTrack())
+                active[-1].add(number, frame, detection, backend)
+    yield from (t for t in active if len(t.frames) >= min_length)
+
+
+def normalised_error(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Mean point-to-point distance over the 68 points, divided by the distance between the outer
+    eye corners (points 36 and 45): the inter-ocular normalised error of 300-W."""
+    return float(np.linalg.norm(predicted - truth, axis=-1).mean() / np.linalg.norm(truth[36] - truth[45]))
+
+
+def measure(backend: FaceBackend, frames: list[np.ndarray], truth: list[np.ndarray]) -> dict[str, float]:
+    """Detection rate, landmark error (normalised, mean and median over detected faces) against
+    known landmarks, and milliseconds per frame for detection and per face for landmarks."""
+    errors, detect_s, landmark_s = [], 0.0, 0.0
+    for frame, points in zip(frames, truth):
+        start = time.perf_counter()
+        found = backend.detect(frame)
+        detect_s += time.perf_counter() - start
+        if not found:
+            continue
+        start = time.perf_counter()
+        predicted = backend.landmarks(frame, found[0].box)
+        landmark_s += time.perf_counter() - start
+        errors.append(normalised_error(predicted, points))
+    return {"frames": len(frames), "detected": len(errors), "rate": len(errors) / max(len(frames), 1),
+            "nme": float(np.mean(errors)) if errors else float("nan"),
+            "nme_median": float(np.median(errors)) if errors else float("nan"),
+            "detect_ms": 1000 * detect_s / max(len(frames), 1),
+            "landmarks_ms": 1000 * landmark_s / max(len(errors), 1)}  # fmt: skip
+
+
+def synthetic_faces(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`count` frames of the renderer's faces (the benchmark's people, one frame a clip) at 112 px
+    with their exact landmarks."""
+    from shards.synthetic import Renderer
+
+    renderer = Renderer(seed, identities=120, frames=16, size=112)
+    frames, truth = [], []
+    for clip in range(count):
+        video, _, landmarks, _ = renderer.frames_and_labels(clip)
+        frames.append(video[clip % 16])
+        truth.append(landmarks[clip % 16])
+    return frames, truth
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shards.face_pipeline",
+                                     description="face backends on synthetic faces with known landmarks")  # fmt: skip
+    parser.add_argument("--frames", type=int, default=200, help="synthetic frames (one per clip, 112 px)")
+    parser.add_argument("--upsample", type=int, nargs="+", default=[0, 1, 2], help="dlib upsampling steps to compare")
+    args = parser.parse_args(argv)
+    frames, truth = synthetic_faces(args.frames)
+    print(f"{'backend':28s} {'detected':>10s} {'NME':>6s} {'median':>6s} {'detect ms':>9s} {'landmarks ms':>12s}")
+    for upsample in args.upsample:
+        r = measure(DlibFaces(upsample=upsample), frames, truth)
+        print(f"{'dlib, upsample ' + str(upsample):28s} {r['detected']:4d}/{r['frames']:<5d} {r['nme']:6.3f} "
+              f"{r['nme_median']:6.3f} {r['detect_ms']:9.1f} {r['landmarks_ms']:12.1f}", flush=True)  # fmt: skip
+    print("NME: mean landmark distance over the outer-eye-corner distance, on detected faces; one core")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
