@@ -33,7 +33,7 @@ def _build(args) -> int:
         manifest, skipped = build_shards(
             args.videos, args.out, frames=args.frames, stride=args.stride, size=args.size,
             clips_per_video=args.clips_per_video, quality=args.quality, shard_samples=args.shard_samples,
-            heldout=args.heldout, seed=args.seed, part=args.part,
+            heldout=args.heldout, seed=args.seed, part=args.part, faces=args.faces,
         )  # fmt: skip
     except NoClips as e:
         _list_skipped(e.skipped)  # why each video failed is what the user needs to fix
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=0.0, help="share of identities held out (split 'heldout')")
     p.add_argument("--seed", type=int, default=0, help="draws the held-out identities")
     p.add_argument("--part", type=_part, help="K/N: build only part K (from 0) of N of the videos, for `merge`")
+    p.add_argument("--faces", choices=("none", "dlib"), default="none",
+                   help="none: the videos are face crops (centre crop); dlib: find, track and landmark faces "
+                        "(shards.face_pipeline), one clip a face track's window")  # fmt: skip
     p.set_defaults(run=_build)
 
     p = sub.add_parser("merge", help="merge the manifests of a set written in parts (synth or build --part K/N) into one")

@@ -7,6 +7,13 @@ in for the identity, and says so). Every video yields up to `clips_per_video` cl
 frames, `stride` apart, in windows that do not overlap, centre-cropped to a square and resized
 to `size`. No landmarks or AU labels: those come from a face aligner or a labelled set.
 
+With `faces="dlib"` (`--faces dlib`) the videos need not be face crops: the face pipeline
+(`shards.face_pipeline`) finds and tracks every face, and each clip is one face track's window,
+cut square around that frame's 68 landmarks (as fine-tuning crops faces), with the landmarks in
+the crop, the detector's score and the crop's box in the video frame per frame (`face_score`,
+`face_crop`) stored with it; `track_id` names the
+track. The centre crop (`faces="none"`) stays the default until the layouts of issue 16 land.
+
 A video that cannot be decoded, or is too short for one clip, is skipped, counted and reported
 by path and reason; the others are written. Held-out identities (split `heldout`) are drawn from
 the sorted identities with a fixed seed, so every part of a job array draws the same ones.
@@ -14,6 +21,7 @@ the sorted identities with a fixed seed, so every part of a job array draws the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -59,42 +67,80 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(crop.resize((size, size), Image.BILINEAR))
 
 
-def video_clips(path: Path, *, frames: int, stride: int, size: int, clips_per_video: int, quality: int):
-    """[(first frame index, JPEG bytes per frame)], fps of one video; raises ValueError naming the
-    file when it cannot be read or is shorter than one clip."""
+@contextlib.contextmanager
+def decoded(path: Path):
+    """(fps, the decoded frames of the first video stream, in order: PyAV frames, converted by
+    whoever needs their pixels); a file PyAV cannot read raises ValueError naming it."""
     import av
 
-    span = (frames - 1) * stride + 1
-    windows: list[tuple[int, list[bytes]]] = []
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ValueError(f"{path}: no video stream")
             stream = container.streams.video[0]
-            fps = float(stream.average_rate or 25)
-            current: list[bytes] = []
-            for index, frame in enumerate(container.decode(stream)):
-                offset = index - len(windows) * span
-                if offset % stride == 0:
-                    image = _square(frame.to_ndarray(format="rgb24"), size)
-                    current.append(simplejpeg.encode_jpeg(image, quality=quality, colorspace="RGB"))
-                if offset == span - 1:
-                    windows.append((index - span + 1, current))
-                    current = []
-                    if len(windows) == clips_per_video:
-                        break
+            yield float(stream.average_rate or 25), container.decode(stream)
     except (av.error.FFmpegError, OSError) as e:
         raise ValueError(f"{path}: cannot decode: {e}") from e
+
+
+def video_clips(path: Path, *, frames: int, stride: int, size: int, clips_per_video: int, quality: int):
+    """[(first frame index, JPEG bytes per frame)], fps of one video; raises ValueError naming the
+    file when it cannot be read or is shorter than one clip."""
+    span = (frames - 1) * stride + 1
+    windows: list[tuple[int, list[bytes]]] = []
+    with decoded(path) as (fps, video):
+        current: list[bytes] = []
+        for index, frame in enumerate(video):
+            offset = index - len(windows) * span
+            if offset % stride == 0:
+                image = _square(frame.to_ndarray(format="rgb24"), size)
+                current.append(simplejpeg.encode_jpeg(image, quality=quality, colorspace="RGB"))
+            if offset == span - 1:
+                windows.append((index - span + 1, current))
+                current = []
+                if len(windows) == clips_per_video:
+                    break
     if not windows:
         raise ValueError(f"{path}: shorter than one clip ({span} frames: {frames} at stride {stride})")
     return windows, fps
 
 
+def face_clips(path: Path, backend, *, frames: int, stride: int, size: int, clips_per_video: int, quality: int):
+    """[(track number, frame numbers [T], JPEG bytes per frame, landmarks [T, 68, 2] in the crop,
+    detection scores [T], crop boxes in the frame [T, 4])], fps: up to `clips_per_video` windows
+    of `frames` frames `stride` apart from the face tracks of one video, in the order the tracks
+    end. Raises ValueError naming the file when it cannot be read or no face stays tracked for
+    one window."""
+    from shards.face_pipeline import track_faces
+
+    span = (frames - 1) * stride + 1
+    clips = []
+    with decoded(path) as (fps, video):
+        rgb = (frame.to_ndarray(format="rgb24") for frame in video)
+        tracks = track_faces(rgb, backend, min_length=span, crop_size=size, max_length=span * clips_per_video)
+        for number, track in enumerate(tracks):
+            t = track.arrays()
+            for window in range(len(t["frames"]) // span):
+                rows = window * span + np.arange(0, span, stride)
+                jpegs = [simplejpeg.encode_jpeg(c, quality=quality, colorspace="RGB") for c in t["crops"][rows]]
+                clips.append((number, t["frames"][rows], jpegs, t["crop_landmarks"][rows], t["scores"][rows],
+                              t["crop_boxes"][rows]))  # fmt: skip
+                if len(clips) == clips_per_video:
+                    return clips, fps
+    if not clips:
+        raise ValueError(f"{path}: no face tracked for one clip ({span} frames: {frames} at stride {stride})")
+    return clips, fps
+
+
 def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int = 112, clips_per_video: int = 4,
                  quality: int = 90, shard_samples: int = 100, heldout: float = 0.0, seed: int = 0,
-                 name: str = "clips", part: tuple[int, int] | None = None) -> tuple[Manifest, dict[str, str]]:  # fmt: skip
+                 name: str = "clips", part: tuple[int, int] | None = None,
+                 faces: str = "none") -> tuple[Manifest, dict[str, str]]:  # fmt: skip
     """Write the videos under `root` as shards in `out_dir`. Returns the manifest and the skipped
-    videos (path -> reason). `part=(k, n)`: only part k of n of the videos, for `shards.parts.merge`."""
+    videos (path -> reason). `part=(k, n)`: only part k of n of the videos, for `shards.parts.merge`;
+    `faces`: "none" (centre crops of face videos) or "dlib" (the face pipeline)."""
+    if faces not in ("none", "dlib"):
+        raise ValueError(f"faces must be 'none' or 'dlib', not {faces!r}")
     for what, value in (("frames", frames), ("stride", stride), ("size", size), ("clips_per_video", clips_per_video)):
         if value < 1:
             raise ValueError(f"{what} must be at least 1, not {value}")
@@ -108,10 +154,15 @@ def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int 
     held = {people[i] for i in heldout_people(seed, len(people), heldout)}
     mine = videos if part is None else [videos[i] for i in parts.part_range(len(videos), *part)]
     settings = dict(root=str(root.resolve()), frames=frames, stride=stride, size=size, clips_per_video=clips_per_video,
-                    quality=quality, heldout=heldout, seed=seed)  # fmt: skip
+                    quality=quality, heldout=heldout, seed=seed, faces=faces)  # fmt: skip
     builder = {"name": "auforge.shards.build", "version": 1, "settings": settings}
     skipped: dict[str, str] = {}
     written = 0
+    backend = None
+    if faces == "dlib":
+        from shards.face_pipeline import DlibFaces
+
+        backend = DlibFaces()
     shard_name = name if part is None else parts.part_name(name, part[0])
     with ShardWriter(out_dir, shard_name, builder=builder, max_samples=shard_samples,
                      manifest_name=MANIFEST_NAME if part is None else None) as writer:  # fmt: skip
@@ -120,15 +171,24 @@ def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int 
             if todo:
                 writer.start_split(split)
             for path, identity, video in todo:
+                cut = dict(frames=frames, stride=stride, size=size, clips_per_video=clips_per_video, quality=quality)
                 try:
-                    windows, fps = video_clips(path, frames=frames, stride=stride, size=size,
-                                               clips_per_video=clips_per_video, quality=quality)  # fmt: skip
+                    windows, fps = video_clips(path, **cut) if backend is None else face_clips(path, backend, **cut)
                 except ValueError as e:
                     skipped[str(path)] = str(e)
                     log.warning("skipped %s", e)
                     continue
                 clip_base = str(path.relative_to(root).with_suffix(""))
                 written += len(windows)
+                if backend is not None:
+                    for number, index, jpegs, landmarks, scores, boxes in windows:
+                        writer.write(Clip(clip_id=f"{clip_base}/t{number:03d}/{index[0]:06d}", video_id=video,
+                                          identity=identity, frames=jpegs, size=(size, size), fps=fps,
+                                          source=str(root.name), track_id=f"{clip_base}/t{number:03d}",
+                                          frame_index=index.tolist(), landmarks=landmarks,
+                                          extra={"face_score": [round(float(x), 3) for x in scores],
+                                                 "face_crop": boxes.tolist()}))  # fmt: skip
+                    continue
                 for first, jpegs in windows:
                     writer.write(Clip(clip_id=f"{clip_base}/{first:06d}", video_id=video, identity=identity,
                                       frames=jpegs, size=(size, size), fps=fps, source=str(root.name),

@@ -24,6 +24,8 @@ from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
+from shards.geometry import crop_box, cut_square
+
 LANDMARKS = 68
 
 
@@ -105,31 +107,48 @@ def shot_changed(previous: np.ndarray | None, frame: np.ndarray, limit: float = 
 @dataclass
 class FaceTrack:
     """One face over consecutive frames of a video: frame numbers, boxes [T, 4], detection scores
-    [T] and landmarks [T, 68, 2]."""
+    [T] and landmarks [T, 68, 2] in the frame; with `crop_size`, also each frame's face crop
+    (`crop_box` around the landmarks, as fine-tuning crops faces) [T, S, S, 3], the landmarks in
+    it and where it lies in the frame, so that the frames themselves need not be kept."""
 
+    crop_size: int | None = None
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     landmarks: list[np.ndarray] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+    crop_landmarks: list[np.ndarray] = field(default_factory=list)
+    crop_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # left, top, right, bottom
 
     def add(self, number: int, frame: np.ndarray, found: Detection, backend: FaceBackend) -> None:
+        points = backend.landmarks(frame, found.box)
         self.frames.append(number)
         self.boxes.append(found.box)
         self.scores.append(found.score)
-        self.landmarks.append(backend.landmarks(frame, found.box))
+        self.landmarks.append(points)
+        if self.crop_size:
+            left, top, right, _ = box = crop_box(frame.shape, points, "landmarks")
+            self.crops.append(cut_square(frame, box, self.crop_size))
+            self.crop_boxes.append(box)
+            self.crop_landmarks.append(((points - [left, top]) * (self.crop_size / (right - left))).astype(np.float32))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"frames": np.array(self.frames), "boxes": np.stack(self.boxes), "scores": np.array(self.scores),
-                "landmarks": np.stack(self.landmarks)}  # fmt: skip
+        out = {"frames": np.array(self.frames), "boxes": np.stack(self.boxes), "scores": np.array(self.scores),
+               "landmarks": np.stack(self.landmarks)}  # fmt: skip
+        if self.crop_size:
+            out.update(crops=np.stack(self.crops), crop_landmarks=np.stack(self.crop_landmarks),
+                       crop_boxes=np.array(self.crop_boxes))  # fmt: skip
+        return out
 
 
-def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, min_iou: float = 0.3,
-                min_length: int = 1) -> Iterator[FaceTrack]:  # fmt: skip
+def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, min_iou: float = 0.3, min_length: int = 1,
+                crop_size: int | None = None, max_length: int | None = None) -> Iterator[FaceTrack]:  # fmt: skip
     """Face tracks of a stream of RGB frames, each yielded when it ends: a detection continues the
     track whose last box it overlaps most (IoU >= `min_iou`, one detection per track); a track
     with no detection in a frame ends (the face is lost), and every track ends at a shot change.
-    Tracks shorter than `min_length` frames are dropped. Frames are read once, in order, and
-    never held beyond the previous one."""
+    Tracks shorter than `min_length` frames are dropped; one that reaches `max_length` frames is
+    yielded and the face goes on in a new track (what bounds the memory of a long shot). Frames
+    are read once, in order, and never held beyond the previous one."""
     active: list[FaceTrack] = []
     previous = None
     for number, frame in enumerate(frames):
@@ -145,15 +164,18 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, min_iou: flo
             if overlap >= min_iou and i not in continued and j not in used:
                 continued[i] = j
                 used.add(j)
+        going = []
         for i, track in enumerate(active):
             if i in continued:
                 track.add(number, frame, found[continued[i]], backend)
+            if i in continued and (max_length is None or len(track.frames) < max_length):
+                going.append(track)
             elif len(track.frames) >= min_length:
                 yield track
-        active = [t for i, t in enumerate(active) if i in continued]
+        active = going
         for j, detection in enumerate(found):
             if j not in used:
-                active.append(FaceTrack())
+                active.append(FaceTrack(crop_size))
                 active[-1].add(number, frame, detection, backend)
     yield from (t for t in active if len(t.frames) >= min_length)
 

@@ -164,3 +164,14 @@ def crop_box(shape: tuple[int, ...], landmarks: np.ndarray | None, crop: str = "
         left, top = (w - s) // 2, (h - s) // 2
         return left, top, left + s, top + s
     raise ValueError(f"crop must be 'landmarks', 'centre' or 'none', got {crop!r}")
+
+
+def cut_square(pixels: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """`uint8 [size, size, 3]`: the `box` of `crop_box` cut from an RGB frame (black where it
+    reaches outside) and resized bilinearly."""
+    from PIL import Image
+
+    im = Image.fromarray(pixels).crop(box)  # Pillow fills outside the frame with black
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)

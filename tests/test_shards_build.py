@@ -141,3 +141,74 @@ def test_layouts_without_identity_or_video_folders(tmp_path):
     write_mp4(tmp_path / "flat.mp4", 8)
     write_mp4(tmp_path / "id9" / "clip.mp4", 8)
     assert [(p.name, i, v) for p, i, v in find_videos(tmp_path)] == [("flat.mp4", None, "flat"), ("clip.mp4", "id9", "id9/clip")]
+
+
+def read_landmarks(folder: Path) -> dict[str, np.ndarray]:
+    """clip id -> the landmarks [T, 68, 2] stored with it."""
+    import io
+
+    out = {}
+    for shard in json.loads((folder / "manifest.json").read_text())["shards"]:
+        with tarfile.open(folder / shard["path"]) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name in (n for n in members if n.endswith(".json")):
+            key = name[: -len(".json")]
+            out[json.loads(members[name])["clip_id"]] = np.load(io.BytesIO(members[key + ".landmarks.npy"])).astype(float)
+    return out
+
+
+def write_face_video(path: Path, frames: np.ndarray, offset: tuple[int, int]) -> None:
+    """A real MP4 of rendered faces placed at `offset` (x, y) in a larger grey frame: a face video
+    that is not a face crop."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames.shape[1] + 48, frames.shape[2] + 80
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"qscale": "2"}
+        for face in frames:
+            image = np.full((height, width, 3), 110, np.uint8)
+            image[offset[1] : offset[1] + face.shape[0], offset[0] : offset[0] + face.shape[1]] = face
+            for packet in s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+
+
+def test_face_videos_become_clips_of_face_tracks_with_landmarks(tmp_path):
+    """`--faces dlib`: faces found and tracked in videos that are not face crops; each clip is a
+    window of one track, cut around its landmarks, which land near the renderer's own."""
+    from shards.face_pipeline import normalised_error
+    from shards.synthetic import Renderer
+
+    renderer = Renderer(0, identities=120, frames=16, size=112)
+    truth, offset = {}, (50, 20)
+    for clip, identity in ((0, "id1"), (1, "id2")):
+        frames, _, landmarks, _ = renderer.frames_and_labels(clip)
+        write_face_video(tmp_path / "in" / identity / "vid" / "00001.mp4", frames, offset)
+        truth[identity] = landmarks + np.array(offset, np.float32)
+    (tmp_path / "in" / "id2" / "vid" / "broken.mp4").write_bytes(b"not a video")
+    write_mp4(tmp_path / "in" / "id2" / "vid" / "faceless.mp4", 16)  # grey frames: nothing to track
+    manifest, skipped = build_shards(tmp_path / "in", tmp_path / "out", frames=4, stride=2, size=64,
+                                     clips_per_video=2, faces="dlib")  # fmt: skip
+    assert sorted(skipped) == [str(tmp_path / "in" / "id2" / "vid" / n) for n in ("broken.mp4", "faceless.mp4")]
+    assert "faceless.mp4: no face tracked for one clip" in skipped[str(tmp_path / "in" / "id2" / "vid" / "faceless.mp4")]
+    assert manifest.builder["settings"]["faces"] == "dlib"
+    clips = read_back(tmp_path / "out")
+    assert {meta["identity"] for meta, _ in clips} == {"id1", "id2"}  # a window of 7 tracked frames each at least
+    landmarks = read_landmarks(tmp_path / "out")
+    errors = []
+    for meta, frames in clips:
+        index = meta["frame_index"]
+        assert len(frames) == 4 and frames[0].shape == (64, 64, 3) and np.diff(index).tolist() == [2, 2, 2]
+        assert meta["track_id"].startswith(f"{meta['identity']}/vid/00001/t") and len(meta["face_score"]) == 4
+        stored = landmarks[meta["clip_id"]]
+        for t, (left, top, right, _) in enumerate(meta["face_crop"]):
+            expected = (truth[meta["identity"]][index[t]] - [left, top]) * (64 / (right - left))
+            errors.append(normalised_error(stored[t], expected))
+    assert np.mean(errors) < 0.15, np.mean(errors)  # dlib on the renderer's faces: about 0.1
+    # the stream reads them back as the training data
+    batch = next(iter(ClipStream(tmp_path / "out", frames=4, batch_size=2, mode="exact", num_workers=0)))
+    assert batch.landmarks is not None and batch.frames.shape[-1] == 64

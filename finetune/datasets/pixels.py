@@ -27,7 +27,7 @@ from PIL import Image
 from finetune.datasets.table import FrameRecord
 from finetune.datasets.video import VideoFrames
 from shards.build import VIDEO_SUFFIXES
-from shards.geometry import crop_box
+from shards.geometry import crop_box, cut_square
 
 __all__ = ["read_frame", "load_pixels"]
 
@@ -75,8 +75,4 @@ def read_frame(record: FrameRecord, *, size: int, crop: str = "landmarks", margi
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     pixels = load_pixels(record.source, record.frame)
-    box = crop_box(pixels.shape, record.landmarks, crop, margin)
-    im = Image.fromarray(pixels).crop(box)  # Pillow fills outside the frame with black
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
-    return np.asarray(im, dtype=np.uint8)
+    return cut_square(pixels, crop_box(pixels.shape, record.landmarks, crop, margin), size)
