@@ -15,6 +15,7 @@ def _synth(args) -> int:
     manifest = write_synthetic(
         args.out, args.clips, frames=args.frames, size=args.size, identities=args.identities,
         seed=args.seed, shard_samples=args.shard_samples, heldout=args.heldout, part=args.part,
+        landmarks=args.landmarks,
     )  # fmt: skip
     _wrote(args, manifest, time.perf_counter() - t0)
     return 0
@@ -115,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=SynthSettings.heldout,
                    help="share of identities held out (split 'heldout'; default %(default)s)")  # fmt: skip
     p.add_argument("--part", type=_part, help="K/N: write only part K (from 0) of N of the clips, for `merge`")
+    p.add_argument("--landmarks", choices=("renderer", "dlib"), default=SynthSettings.landmarks,
+                   help="stored landmarks: the renderer's exact ones, or dlib's on the frames (default %(default)s)")  # fmt: skip
     p.set_defaults(run=_synth)
 
     p = sub.add_parser("build", help="face videos (VoxCeleb2 layout: ROOT/IDENTITY/VIDEO/CLIP.mp4) into shards")

@@ -8,7 +8,9 @@ and the reader's share of the limit, bytes per clip, decoding at half scale, and
 after streaming 1,000 and 100,000 clips (resampled), which must stay flat.
 
 `--synth` instead prints how many synthetic clips (16 frames, 112 px) one core renders per
-second, and the shares of drawing (face, blur, noise) and JPEG encoding.
+second, and the shares of drawing (face, blur, noise) and JPEG encoding; `--faces` how many of
+200 synthetic faces the face pipeline (dlib) finds, its landmark error against the renderer's
+and its milliseconds a frame, at each upsampling.
 Measurements alternate and the best of the repeats is kept, since the machine is shared.
 """
 
@@ -110,16 +112,46 @@ def synth_rate(clips: int) -> None:
           f"(drawing {draw / wall:.0%}, JPEG encoding {encode / wall:.0%}, other {1 - (draw + encode) / wall:.0%})")  # fmt: skip
 
 
+def synthetic_faces(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`count` frames of the renderer's faces (the benchmark's people, one frame a clip) at 112 px
+    with their exact landmarks."""
+    renderer = Renderer(seed, identities=120, frames=16, size=112)
+    frames, truth = [], []
+    for clip in range(count):
+        video, _, landmarks, _ = renderer.frames_and_labels(clip)
+        frames.append(video[clip % 16])
+        truth.append(landmarks[clip % 16])
+    return frames, truth
+
+
+def faces_rate(count: int, upsamples: list[int]) -> None:
+    """The face pipeline's dlib backend on synthetic faces with known landmarks, per upsampling."""
+    from shards.face_pipeline import DlibFaces, measure
+
+    frames, truth = synthetic_faces(count)
+    print(f"{'backend':28s} {'detected':>10s} {'NME':>6s} {'median':>6s} {'detect ms':>9s} {'landmarks ms':>12s}")
+    for upsample in upsamples:
+        r = measure(DlibFaces(upsample=upsample), frames, truth)
+        print(f"{'dlib, upsample ' + str(upsample):28s} {r['detected']:4d}/{r['frames']:<5d} {r['nme']:6.3f} "
+              f"{r['nme_median']:6.3f} {r['detect_ms']:9.1f} {r['landmarks_ms']:12.1f}", flush=True)  # fmt: skip
+    print("NME: mean landmark distance over the outer-eye-corner distance, on detected faces; one core")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m shards.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--clips", type=int, default=512, help="clips in the benchmark set")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--long", type=int, default=100_000, help="clips streamed for the memory check")
     parser.add_argument("--synth", action="store_true", help="measure the synthetic renderer instead")
+    parser.add_argument("--faces", action="store_true",
+                        help="measure the face pipeline on synthetic faces instead (200 frames, dlib upsampled 0-2x)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.synth:
         synth_rate(max(args.clips // 4, 50))
+        return
+    if args.faces:
+        faces_rate(200, [0, 1, 2])
         return
 
     folder = cached_synthetic(args.clips, frames=FRAMES, size=SIZE, identities=50, seed=1, shard_samples=128)

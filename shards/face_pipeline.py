@@ -6,7 +6,7 @@ The default backend is dlib's (`dlib-bin`, with the weights that `face_recogniti
 installs): a HOG detector on the frame upsampled once and the 68-point shape predictor. Those
 68-point weights were trained on iBUG 300-W, whose licence excludes commercial use: a model built
 on its landmarks inherits that, and its card must say so. Measured on the project's synthetic
-faces by `python -m shards.face_pipeline` (README, "Faces in real video").
+faces by `python -m shards.bench --faces` (README, "Faces in real video").
 
 Another detector plugs in as a `FaceBackend`: `detect(frame)` returns scored boxes, `landmarks(frame,
 box)` the 68 points of the face in that box. `track_faces` turns a stream of frames into face
@@ -15,7 +15,6 @@ tracks, one per face, cut where the face is lost or the shot changes.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import time
 from dataclasses import dataclass, field
@@ -180,6 +179,19 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, min_iou: flo
     yield from (t for t in active if len(t.frames) >= min_length)
 
 
+def clip_landmarks(frames: np.ndarray, backend: FaceBackend) -> np.ndarray:
+    """Landmarks [T, 68, 2] of the one face of a face clip [T, H, W, 3] as the backend sees it:
+    each frame's best detection, a frame without one taking the box of the nearest frame with one
+    (as a tracker holds it), and a clip without any the whole frame."""
+    boxes = [found[0].box if found else None for found in map(backend.detect, frames)]
+    seen = [t for t, box in enumerate(boxes) if box is not None]
+    whole = np.array([0, 0, frames.shape[2], frames.shape[1]], float)
+    for t in range(len(boxes)):
+        if boxes[t] is None:
+            boxes[t] = boxes[min(seen, key=lambda s: abs(s - t))] if seen else whole
+    return np.stack([backend.landmarks(frame, box) for frame, box in zip(frames, boxes)])
+
+
 def normalised_error(predicted: np.ndarray, truth: np.ndarray) -> float:
     """Mean point-to-point distance over the 68 points, divided by the distance between the outer
     eye corners (points 36 and 45): the inter-ocular normalised error of 300-W."""
@@ -205,37 +217,3 @@ def measure(backend: FaceBackend, frames: list[np.ndarray], truth: list[np.ndarr
             "nme_median": float(np.median(errors)) if errors else float("nan"),
             "detect_ms": 1000 * detect_s / max(len(frames), 1),
             "landmarks_ms": 1000 * landmark_s / max(len(errors), 1)}  # fmt: skip
-
-
-def synthetic_faces(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """`count` frames of the renderer's faces (the benchmark's people, one frame a clip) at 112 px
-    with their exact landmarks."""
-    from shards.synthetic import Renderer
-
-    renderer = Renderer(seed, identities=120, frames=16, size=112)
-    frames, truth = [], []
-    for clip in range(count):
-        video, _, landmarks, _ = renderer.frames_and_labels(clip)
-        frames.append(video[clip % 16])
-        truth.append(landmarks[clip % 16])
-    return frames, truth
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shards.face_pipeline",
-                                     description="face backends on synthetic faces with known landmarks")  # fmt: skip
-    parser.add_argument("--frames", type=int, default=200, help="synthetic frames (one per clip, 112 px)")
-    parser.add_argument("--upsample", type=int, nargs="+", default=[0, 1, 2], help="dlib upsampling steps to compare")
-    args = parser.parse_args(argv)
-    frames, truth = synthetic_faces(args.frames)
-    print(f"{'backend':28s} {'detected':>10s} {'NME':>6s} {'median':>6s} {'detect ms':>9s} {'landmarks ms':>12s}")
-    for upsample in args.upsample:
-        r = measure(DlibFaces(upsample=upsample), frames, truth)
-        print(f"{'dlib, upsample ' + str(upsample):28s} {r['detected']:4d}/{r['frames']:<5d} {r['nme']:6.3f} "
-              f"{r['nme_median']:6.3f} {r['detect_ms']:9.1f} {r['landmarks_ms']:12.1f}", flush=True)  # fmt: skip
-    print("NME: mean landmark distance over the outer-eye-corner distance, on detected faces; one core")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

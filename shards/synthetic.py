@@ -165,8 +165,13 @@ def _blur_frames(img: np.ndarray, radius: float) -> np.ndarray:
 class Renderer:
     """Renders clips for one seed; keeps recent identities so their textures are made once."""
 
-    def __init__(self, seed: int, identities: int, frames: int, size: int, cache: int = 512):
+    def __init__(self, seed: int, identities: int, frames: int, size: int, cache: int = 512,
+                 landmarks: str = "renderer"):  # fmt: skip
+        if landmarks not in LANDMARK_SOURCES:
+            raise ValueError(f"landmarks must be one of {', '.join(LANDMARK_SOURCES)}, not {landmarks!r}")
         self.seed, self.identities, self.frames, self.size = seed, identities, frames, size
+        self.landmarks = landmarks
+        self._faces = None  # the face pipeline's backend, made on first use (landmarks="dlib")
         self._people: dict[int, Identity] = {}
         self._settings: dict[tuple, dict] = {}
         self._cache = cache
@@ -235,6 +240,11 @@ class Renderer:
 
     def clip(self, clip: int, prefix: str = "synth") -> Clip:
         frames, au, landmarks, meta = self.frames_and_labels(clip)
+        if self.landmarks == "dlib":  # what the face pipeline sees, as on real video
+            from shards.face_pipeline import DlibFaces, clip_landmarks
+
+            self._faces = self._faces or DlibFaces()
+            landmarks = clip_landmarks(frames, self._faces)
         t0 = time.perf_counter()
         jpegs = [simplejpeg.encode_jpeg(f, quality=meta["quality"], colorspace="RGB") for f in frames]
         self.seconds["encode"] += time.perf_counter() - t0
@@ -285,14 +295,29 @@ class SynthSettings:
     seed: int = 0
     shard_samples: int = 100  # clips per shard
     heldout: float = 0.2  # share of the identities held out (split 'heldout'; 0: none)
+    # the stored landmarks: the renderer's exact ones, or dlib's on the rendered frames (the face
+    # pipeline's, as real video gets them); recorded and named only when not the renderer's
+    landmarks: str = "renderer"
+
+
+LANDMARK_SOURCES = ("renderer", "dlib")
+
+
+def naming(settings: SynthSettings) -> dict:
+    """The settings that name a set (its cache folder, its manifest's builder): every field, less
+    `landmarks` when it is the renderer's, so that sets from before that field keep their names."""
+    named = asdict(settings)
+    if named["landmarks"] == "renderer":
+        del named["landmarks"]
+    return named
 
 
 _worker: Renderer | None = None  # a rendering process's own renderer (see `rendered`)
 
 
-def _start_worker(seed: int, identities: int, frames: int, size: int) -> None:
+def _start_worker(seed: int, identities: int, frames: int, size: int, landmarks: str) -> None:
     global _worker
-    _worker = Renderer(seed, identities, frames, size)
+    _worker = Renderer(seed, identities, frames, size, landmarks=landmarks)
 
 
 def _render(index: int) -> Clip:
@@ -308,7 +333,7 @@ def rendered(renderer: Renderer, indices: list[int], workers: int):
     if workers <= 1 or len(indices) < 64:
         yield (renderer.clip(i) for i in indices)
         return
-    args = (renderer.seed, renderer.identities, renderer.frames, renderer.size)
+    args = (renderer.seed, renderer.identities, renderer.frames, renderer.size, renderer.landmarks)
     with multiprocessing.get_context("spawn").Pool(workers, _start_worker, args) as pool:
         yield pool.imap(_render, indices, chunksize=4)
 
@@ -323,9 +348,9 @@ def write_synthetic(out_dir, clips: int = SynthSettings.clips, *, name: str = "s
     `part=(k, n)` renders only part k of n of the clips (a task of a job array): its shards go
     beside the other parts' and its manifest to `.parts/`, for `shards.parts.merge`."""
     s = SynthSettings(clips, **settings)
-    recorded = {k: v for k, v in asdict(s).items() if k != "shard_samples"}  # how the shards roll is not recorded
+    recorded = {k: v for k, v in naming(s).items() if k != "shard_samples"}  # how the shards roll is not recorded
     builder = {"name": "auforge.shards.synthetic", "version": 2, "settings": recorded}
-    renderer = Renderer(s.seed, s.identities, s.frames, s.size)
+    renderer = Renderer(s.seed, s.identities, s.frames, s.size, landmarks=s.landmarks)
     held = heldout_people(s.seed, s.identities, s.heldout)
     order = {"train": [], "heldout": []}
     for i in range(s.clips) if part is None else parts.part_range(s.clips, *part):
@@ -358,8 +383,9 @@ def cached_synthetic(clips: int = SynthSettings.clips, **settings) -> Path:
     Generation goes to a temporary folder renamed into place when complete, so an interrupted
     generation is never mistaken for a finished one.
     """
+    named = naming(SynthSettings(clips, **settings))
+    tag = hashlib.sha256(json.dumps({**named, "version": 2}, sort_keys=True).encode()).hexdigest()[:12]
     settings = asdict(SynthSettings(clips, **settings))
-    tag = hashlib.sha256(json.dumps({**settings, "version": 2}, sort_keys=True).encode()).hexdigest()[:12]
     final = cache_root() / "synthetic" / f"synth-{tag}"
     if not (final / "manifest.json").exists():
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shards.face_pipeline import DlibFaces, iou, measure, normalised_error, shot_changed, synthetic_faces, track_faces
+from shards.bench import synthetic_faces
+from shards.face_pipeline import DlibFaces, iou, measure, normalised_error, shot_changed, track_faces
 from shards.synthetic import Renderer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,3 +63,21 @@ def test_tracks_end_at_a_shot_change_and_where_the_face_is_lost(dlib_faces):
     head = next(t for t in tracks if t["frames"][0] == 0)
     errors = [normalised_error(p, first_points[f]) for f, p in zip(head["frames"], head["landmarks"])]
     assert np.mean(errors) < 0.15
+
+
+def test_synthetic_sets_can_store_the_detectors_landmarks(tmp_path):
+    """`landmarks="dlib"`: the same frames, with the landmarks dlib finds on them instead of the
+    renderer's (close to them, not equal); the renderer's sets keep their names and bytes."""
+    from shards.synthetic import SynthSettings, naming, write_synthetic
+    from shards.stream import ClipStream
+
+    settings = dict(clips=6, frames=4, size=112, identities=3, heldout=0.0, shard_samples=6)
+    write_synthetic(tmp_path / "exact", **settings)
+    write_synthetic(tmp_path / "dlib", **settings, landmarks="dlib")
+    exact, seen = (next(iter(ClipStream(tmp_path / n, frames=4, batch_size=6, mode="exact", num_workers=0)))
+                   for n in ("exact", "dlib"))  # fmt: skip
+    assert (exact.frames == seen.frames).all() and not np.allclose(exact.landmarks, seen.landmarks)
+    pairs = zip(seen.landmarks.flatten(0, 1).numpy(), exact.landmarks.flatten(0, 1).numpy())
+    errors = [normalised_error(a, b) for a, b in pairs]
+    assert np.median(errors) < 0.15, np.median(errors)
+    assert "landmarks" not in naming(SynthSettings()) and naming(SynthSettings(landmarks="dlib"))["landmarks"] == "dlib"
