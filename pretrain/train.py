@@ -211,7 +211,8 @@ class Run:
             g = step_generator(cfg.train.seed, self.step + 1, self.rank, micro, self.device)
             frames, landmarks = batch.frames, None
             if self.align and batch.landmarks is not None:
-                frames, landmarks = align_clips(batch.frames, batch.landmarks, self.provenance.image_size)
+                frames, landmarks = align_clips(batch.frames, batch.landmarks, self.provenance.image_size,
+                                                cfg.train.align_steady)  # fmt: skip
             elif self.align and frames.shape[-1] != self.provenance.image_size:  # shards without landmarks
                 frames = resize_frames(frames, self.provenance.image_size)
             views = make_views(frames, batch.frame_index, self.mean, self.std, g, self.provenance.view_length, cfg.train.augment,

@@ -117,12 +117,18 @@ def align_faces(images: torch.Tensor, landmarks: torch.Tensor, size: int, transf
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def align_clips(frames: torch.Tensor, landmarks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def align_clips(frames: torch.Tensor, landmarks: torch.Tensor, size: int,
+                steady: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """uint8 clips [B, T, 3, H, W] with landmarks [B, T, 68, 2] (pixels) -> aligned clips
-    [B, T, 3, size, size] and the landmarks in the aligned crops' unit square (NaN where unknown)."""
+    [B, T, 3, size, size] and the landmarks in the aligned crops' unit square (NaN where unknown).
+    `steady`: one similarity a clip, from its frames' mean alignment points, so that a detector's
+    frame-to-frame jitter is not turned into motion (the head's own motion stays in the frames)."""
     b, t = frames.shape[:2]
     flat = landmarks.flatten(0, 1).float()
-    m = template_transforms(flat[:, ALIGN_POINTS])
+    points = flat[:, ALIGN_POINTS]
+    if steady:
+        points = points.unflatten(0, (b, t)).nanmean(1, keepdim=True).expand(-1, t, -1, -1).flatten(0, 1)
+    m = template_transforms(points)
     aligned = align_faces(frames.flatten(0, 1), flat, size, transforms=m)
     return aligned.unflatten(0, (b, t)), to_template(flat, m).unflatten(0, (b, t))
 

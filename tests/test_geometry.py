@@ -48,3 +48,24 @@ def test_clips_and_their_landmarks_are_aligned_together():
     known = unit[:, :, ALIGN_POINTS].flatten(0, 1)[:5]
     assert torch.allclose(known, torch.from_numpy(ALIGN_TEMPLATE).expand_as(known), atol=1e-4)
     assert torch.isnan(unit[1, 2]).all() and torch.isfinite(unit[0]).all()
+
+
+def test_steady_alignment_keeps_a_still_face_still_under_landmark_jitter():
+    """A still video whose landmarks jitter (as a detector's do): aligned one frame at a time its
+    frames move; aligned once a clip (`steady`) they are the same frame, and the clip's mean
+    landmarks land on the template."""
+    from shards.geometry import ALIGN_POINTS, ALIGN_TEMPLATE, align_clips
+
+    rng = np.random.default_rng(1)
+    still = torch.randint(0, 256, (1, 1, 3, 112, 112), dtype=torch.uint8).expand(1, 4, -1, -1, -1)
+    points = np.zeros((68, 2), np.float32)
+    points[ALIGN_POINTS] = ALIGN_TEMPLATE * 60 + 25
+    jitter = rng.normal(0, 1.5, (1, 4, 68, 2)).astype(np.float32)
+    jitter -= jitter.mean(1, keepdims=True)  # the clip's mean is the true face
+    landmarks = torch.from_numpy(points + jitter)
+    moving, _ = align_clips(still, landmarks, 48)
+    steady, unit = align_clips(still, landmarks, 48, steady=True)
+    assert (moving[0, 1:].int() - moving[0, :1].int()).abs().float().mean() > 5
+    assert torch.equal(steady[0, 1:], steady[0, :1].expand(3, -1, -1, -1))
+    centre = unit[0][:, ALIGN_POINTS].mean(0)
+    assert torch.allclose(centre, torch.from_numpy(ALIGN_TEMPLATE), atol=1e-3)
