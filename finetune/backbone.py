@@ -13,9 +13,11 @@ import torch
 
 # The model_args a published config may hand to timm.create_model: what pretrain.publish writes
 # (img_size, and the shape arguments a model config may add: patch_size), what timm's own exports
-# write (in_chans, global_pool, num_classes) and the regularisation rates. A config is untrusted input: another key, such as `checkpoint_path`
+# write (in_chans, global_pool, num_classes) and the regularisation rates. A config is untrusted
+# input: another key, such as `checkpoint_path`
 # (which makes timm load that file), is refused.
-MODEL_ARGS = frozenset({"img_size", "patch_size", "in_chans", "global_pool", "num_classes", "drop_rate", "drop_path_rate"})
+MODEL_ARGS = frozenset({"img_size", "patch_size", "in_chans", "global_pool", "num_classes", "drop_rate",
+                        "drop_path_rate"})  # fmt: skip
 LOCAL_DIR = "local-dir:"  # timm's spelling of a folder
 
 

@@ -99,7 +99,8 @@ def _quickstart(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shards.synthetic import SynthSettings  # the one home of the synthetic set's defaults
+    from shards.build import FACES
+    from shards.synthetic import LANDMARK_SOURCES, SynthSettings  # the one home of the synthetic set's defaults
 
     parser = argparse.ArgumentParser(prog="python -m shards", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=SynthSettings.heldout,
                    help="share of identities held out (split 'heldout'; default %(default)s)")  # fmt: skip
     p.add_argument("--part", type=_part, help="K/N: write only part K (from 0) of N of the clips, for `merge`")
-    p.add_argument("--landmarks", choices=("renderer", "dlib"), default=SynthSettings.landmarks,
+    p.add_argument("--landmarks", choices=LANDMARK_SOURCES, default=SynthSettings.landmarks,
                    help="stored landmarks: the renderer's exact ones, or dlib's on the frames (default %(default)s)")  # fmt: skip
     p.set_defaults(run=_synth)
 
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=0.0, help="share of identities held out (split 'heldout')")
     p.add_argument("--seed", type=int, default=0, help="draws the held-out identities")
     p.add_argument("--part", type=_part, help="K/N: build only part K (from 0) of N of the videos, for `merge`")
-    p.add_argument("--faces", choices=("none", "dlib"), default="none",
+    p.add_argument("--faces", choices=FACES, default="none",
                    help="none: the videos are face crops (centre crop); dlib: find, track and landmark faces "
                         "(shards.face_pipeline), one clip a face track's window")  # fmt: skip
     p.set_defaults(run=_build)

@@ -38,6 +38,7 @@ from shards.writer import ShardWriter
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+FACES = ("none", "dlib")  # how faces are found: the videos are face crops, or the face pipeline's dlib
 
 
 class NoClips(ValueError):
@@ -139,8 +140,8 @@ def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int 
     """Write the videos under `root` as shards in `out_dir`. Returns the manifest and the skipped
     videos (path -> reason). `part=(k, n)`: only part k of n of the videos, for `shards.parts.merge`;
     `faces`: "none" (centre crops of face videos) or "dlib" (the face pipeline)."""
-    if faces not in ("none", "dlib"):
-        raise ValueError(f"faces must be 'none' or 'dlib', not {faces!r}")
+    if faces not in FACES:
+        raise ValueError(f"faces must be one of {', '.join(FACES)}, not {faces!r}")
     for what, value in (("frames", frames), ("stride", stride), ("size", size), ("clips_per_video", clips_per_video)):
         if value < 1:
             raise ValueError(f"{what} must be at least 1, not {value}")

@@ -46,7 +46,8 @@ def compose(args: argparse.Namespace, run_dir: str, *last: str):
 
     flags = [
         f"model.arch={args.arch}", f"data.resize={args.size}", f"data.frames={args.frames}",
-        f"data.stride={args.stride}", f"train.batch_size={args.batch}", f"train.run_dir={run_dir}", "train.steps=100000", "eval.enabled=false",
+        f"data.stride={args.stride}", f"train.batch_size={args.batch}", f"train.run_dir={run_dir}",
+        "train.steps=100000", "eval.enabled=false",
         f"objective={args.objectives}", f"data.synthetic.clips={args.clips}", "data.synthetic.identities=8",
         "data.synthetic.shard_samples=16", f"data.synthetic.size={args.size}",
         *([f"data.num_workers={args.workers}"] if args.workers is not None else []),
