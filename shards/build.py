@@ -85,10 +85,11 @@ def decoded(path: Path):
 
 
 def video_clips(path: Path, *, frames: int, stride: int, size: int, clips_per_video: int, quality: int):
-    """[(first frame index, JPEG bytes per frame)], fps of one video; raises ValueError naming the
-    file when it cannot be read or is shorter than one clip."""
+    """[window], fps of one video, each window the `Clip` fields it sets (`name`: its clip id under
+    the video's, `frames`: JPEG bytes, `frame_index`); raises ValueError naming the file when it
+    cannot be read or is shorter than one clip."""
     span = (frames - 1) * stride + 1
-    windows: list[tuple[int, list[bytes]]] = []
+    windows: list[dict] = []
     with decoded(path) as (fps, video):
         current: list[bytes] = []
         for index, frame in enumerate(video):
@@ -97,7 +98,9 @@ def video_clips(path: Path, *, frames: int, stride: int, size: int, clips_per_vi
                 image = _square(frame.to_ndarray(format="rgb24"), size)
                 current.append(simplejpeg.encode_jpeg(image, quality=quality, colorspace="RGB"))
             if offset == span - 1:
-                windows.append((index - span + 1, current))
+                first = index - span + 1
+                index_of = list(range(first, index + 1, stride))
+                windows.append(dict(name=f"{first:06d}", frames=current, frame_index=index_of))
                 current = []
                 if len(windows) == clips_per_video:
                     break
@@ -107,11 +110,11 @@ def video_clips(path: Path, *, frames: int, stride: int, size: int, clips_per_vi
 
 
 def face_clips(path: Path, backend, *, frames: int, stride: int, size: int, clips_per_video: int, quality: int):
-    """[(track number, frame numbers [T], JPEG bytes per frame, landmarks [T, 68, 2] in the crop,
-    detection scores [T], crop boxes in the frame [T, 4])], fps: up to `clips_per_video` windows
-    of `frames` frames `stride` apart from the face tracks of one video, in the order the tracks
-    end. Raises ValueError naming the file when it cannot be read or no face stays tracked for
-    one window."""
+    """[window], fps as `video_clips` gives them, plus each window's `track` (its track under the
+    video's), `landmarks` [T, 68, 2] in the crop and, in `extra`, the detection scores and the
+    crop boxes in the frame: up to `clips_per_video` windows of `frames` frames `stride` apart
+    from the face tracks of one video, in the order the tracks end. Raises ValueError naming the
+    file when it cannot be read or no face stays tracked for one window."""
     from shards.face_pipeline import track_faces
 
     span = (frames - 1) * stride + 1
@@ -124,8 +127,11 @@ def face_clips(path: Path, backend, *, frames: int, stride: int, size: int, clip
             for window in range(len(t["frames"]) // span):
                 rows = window * span + np.arange(0, span, stride)
                 jpegs = [simplejpeg.encode_jpeg(c, quality=quality, colorspace="RGB") for c in t["crops"][rows]]
-                clips.append((number, t["frames"][rows], jpegs, t["crop_landmarks"][rows], t["scores"][rows],
-                              t["crop_boxes"][rows]))  # fmt: skip
+                index = t["frames"][rows]
+                clips.append(dict(name=f"t{number:03d}/{index[0]:06d}", track=f"t{number:03d}", frames=jpegs,
+                                  frame_index=index.tolist(), landmarks=t["crop_landmarks"][rows],
+                                  extra={"face_score": [round(float(x), 3) for x in t["scores"][rows]],
+                                         "face_crop": t["crop_boxes"][rows].tolist()}))  # fmt: skip
                 if len(clips) == clips_per_video:
                     return clips, fps
     if not clips:
@@ -181,19 +187,11 @@ def build_shards(root, out_dir, *, frames: int = 16, stride: int = 1, size: int 
                     continue
                 clip_base = str(path.relative_to(root).with_suffix(""))
                 written += len(windows)
-                if backend is not None:
-                    for number, index, jpegs, landmarks, scores, boxes in windows:
-                        writer.write(Clip(clip_id=f"{clip_base}/t{number:03d}/{index[0]:06d}", video_id=video,
-                                          identity=identity, frames=jpegs, size=(size, size), fps=fps,
-                                          source=str(root.name), track_id=f"{clip_base}/t{number:03d}",
-                                          frame_index=index.tolist(), landmarks=landmarks,
-                                          extra={"face_score": [round(float(x), 3) for x in scores],
-                                                 "face_crop": boxes.tolist()}))  # fmt: skip
-                    continue
-                for first, jpegs in windows:
-                    writer.write(Clip(clip_id=f"{clip_base}/{first:06d}", video_id=video, identity=identity,
-                                      frames=jpegs, size=(size, size), fps=fps, source=str(root.name),
-                                      frame_index=[first + t * stride for t in range(frames)]))  # fmt: skip
+                for window in windows:
+                    track = window.pop("track", None)
+                    writer.write(Clip(clip_id=f"{clip_base}/{window.pop('name')}", video_id=video,
+                                      identity=identity, size=(size, size), fps=fps, source=str(root.name),
+                                      track_id=None if track is None else f"{clip_base}/{track}", **window))  # fmt: skip
         # Raised inside the writer, which then writes no manifest. An empty part is recorded
         # all the same: merging needs every part, and refuses a set that is empty as a whole.
         if not written and part is None:
