@@ -108,6 +108,6 @@ def test_one_implementation_serves_the_job_the_probes_and_the_sweeps():
     assert slurm.finetune.TEST_PART is protocol.TEST_PART
     for gone in ("fold_indices", "labelled_subset", "round_robin_folds"):
         assert not hasattr(finetune.labelled, gone)
-    assert importlib.util.find_spec("finetune.datasets.splits") is None
+    assert importlib.util.find_spec("shards.datasets.splits") is None
     with pytest.raises(ValueError, match=r"fold '4' is not one of 1, 2, 3"):
         slurm.finetune.sweep([], ["resnet18"], ["4"], [1.0], None)

@@ -34,8 +34,8 @@ from typing import Iterable
 
 import numpy as np
 
-from finetune.datasets.paths import child, first_child, listing
-from finetune.datasets.table import BP4D_AUS, BP4D_INTENSITY_AUS, FrameRecord, FrameTable, au_name, au_number
+from shards.datasets.paths import child, first_child, listing
+from shards.datasets.table import BP4D_AUS, BP4D_INTENSITY_AUS, FrameRecord, FrameTable, au_name, au_number
 
 __all__ = ["load_bp4d"]
 

@@ -24,8 +24,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from finetune.datasets.table import FrameRecord
-from finetune.datasets.video import VideoFrames
+from shards.datasets.table import FrameRecord
+from shards.datasets.video import VideoFrames
 from shards.build import VIDEO_SUFFIXES
 from shards.geometry import crop_box, cut_square
 

@@ -26,7 +26,7 @@ from typing import Iterable
 
 import numpy as np
 
-from finetune.datasets.table import FrameRecord, FrameTable, au_name, au_number
+from shards.datasets.table import FrameRecord, FrameTable, au_name, au_number
 
 __all__ = ["load_csv"]
 

@@ -32,9 +32,9 @@ from typing import Iterable
 import numpy as np
 import scipy.io
 
-from finetune.datasets.paths import child, first_child, listing
-from finetune.datasets.table import DISFA_AUS, DISFA_INTENSITY_AUS, FrameRecord, FrameTable, au_name, au_number
-from finetune.datasets.video import video_frame_count
+from shards.datasets.paths import child, first_child, listing
+from shards.datasets.table import DISFA_AUS, DISFA_INTENSITY_AUS, FrameRecord, FrameTable, au_name, au_number
+from shards.datasets.video import video_frame_count
 
 __all__ = ["load_disfa", "read_disfa_labels", "read_disfa_landmarks", "PRESENT_AT"]
 
