@@ -34,7 +34,8 @@ def _build(args) -> int:
         manifest, skipped = build_shards(
             args.videos, args.out, frames=args.frames, stride=args.stride, size=args.size,
             clips_per_video=args.clips_per_video, quality=args.quality, shard_samples=args.shard_samples,
-            heldout=args.heldout, seed=args.seed, part=args.part, faces=args.faces,
+            heldout=args.heldout, seed=args.seed, part=args.part, faces=args.faces, layout=args.layout,
+            workers=args.workers,
         )  # fmt: skip
     except NoClips as e:
         _list_skipped(e.skipped)  # why each video failed is what the user needs to fix
@@ -44,11 +45,15 @@ def _build(args) -> int:
     return 0
 
 
-def _list_skipped(skipped: dict[str, str]) -> None:
+def _list_skipped(skipped: dict[str, str], shown: int = 50) -> None:
+    from shards.build import summary
+
     if skipped:
-        print(f"skipped {len(skipped)} video(s):")
-        for reason in skipped.values():  # each reason names its file
+        print(f"skipped {len(skipped)} input(s): {summary(skipped)}")
+        for reason in list(skipped.values())[:shown]:  # each reason names its file
             print(f"  {reason}")
+        if len(skipped) > shown:
+            print(f"  ... and {len(skipped) - shown} more (every one in the ledger: OUT/.build/chunk-*.json)")
 
 
 def _merge(args) -> int:
@@ -100,6 +105,7 @@ def _quickstart(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from shards.build import FACES
+    from shards.inputs import LAYOUTS
     from shards.synthetic import LANDMARK_SOURCES, SynthSettings  # the one home of the synthetic set's defaults
 
     parser = argparse.ArgumentParser(prog="python -m shards", description=__doc__)
@@ -121,21 +127,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stored landmarks: the renderer's exact ones, or dlib's on the frames (default %(default)s)")  # fmt: skip
     p.set_defaults(run=_synth)
 
-    p = sub.add_parser("build", help="face videos (VoxCeleb2 layout: ROOT/IDENTITY/VIDEO/CLIP.mp4) into shards")
-    p.add_argument("videos", help="folder of face-cropped videos")
+    p = sub.add_parser("build", help="videos (any folder depth, VoxCeleb2's naming), a list of them, or BP4D or "
+                                     "DISFA as released, into shards")  # fmt: skip
+    p.add_argument("videos", help="the folder of videos (or of the dataset), or for --layout list a text file of paths")
     p.add_argument("--out", required=True)
+    p.add_argument("--layout", choices=LAYOUTS, default="folder",
+                   help="folder: videos at any depth, ROOT/IDENTITY/VIDEO/CLIP.mp4 naming identity and video; "
+                        "list: a text file of video paths (PATH or PATH<TAB>IDENTITY a line); bp4d, disfa: the "
+                        "released datasets, AU labels attached (default %(default)s)")  # fmt: skip
     p.add_argument("--frames", type=int, default=16, help="frames per clip")
     p.add_argument("--stride", type=int, default=1, help="video frames between a clip's frames")
-    p.add_argument("--size", type=int, default=112, help="square frame side after the centre crop")
-    p.add_argument("--clips-per-video", type=int, default=4, help="at most this many clips from each video")
+    p.add_argument("--size", type=int, default=112, help="square frame side of the stored crops")
+    p.add_argument("--clips-per-video", type=int, default=4, help="at most this many clips from each input")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    p.add_argument("--shard-samples", type=int, default=100)
+    p.add_argument("--shard-samples", type=int, default=100,
+                   help="clips a shard aims at: a shard holds shard_samples // clips_per_video inputs")  # fmt: skip
     p.add_argument("--heldout", type=float, default=0.0, help="share of identities held out (split 'heldout')")
     p.add_argument("--seed", type=int, default=0, help="draws the held-out identities")
-    p.add_argument("--part", type=_part, help="K/N: build only part K (from 0) of N of the videos, for `merge`")
-    p.add_argument("--faces", choices=FACES, default="none",
-                   help="none: the videos are face crops (centre crop); dlib: find, track and landmark faces "
-                        "(shards.face_pipeline), one clip a face track's window")  # fmt: skip
+    p.add_argument("--part", type=_part, help="K/N: build only part K (from 0) of N of the shards, for `merge`")
+    p.add_argument("--workers", type=int, default=1, help="processes building shards (default %(default)s)")
+    p.add_argument("--faces", choices=FACES, default=FACES[0],
+                   help="dlib: find, track and landmark faces (shards.face_pipeline), one clip a face track's "
+                        "window; none: the videos are face crops already (centre crop, no landmarks) "
+                        "(default %(default)s)")  # fmt: skip
     p.set_defaults(run=_build)
 
     p = sub.add_parser("merge", help="merge the manifests of a set written in parts (synth or build --part K/N) into one")

@@ -80,6 +80,19 @@ def merge(folder: str | Path) -> Manifest:
     """Merge the part manifests under `folder` into `folder/manifest.json`; returns it."""
     folder = Path(folder)
     parts = _load_parts(folder)
+    manifest, _ = combine(folder, parts)
+    if not manifest.total_clips:  # as a whole build of nothing but bad inputs: no set at all
+        raise ValueError(f"{folder}: the {len(parts)} parts hold no clips (every input was skipped): "
+                         "no manifest written")  # fmt: skip
+    manifest = dataclasses.replace(manifest, builder={**manifest.builder, "parts": len(parts)})
+    manifest.save(folder / MANIFEST_NAME)
+    return manifest
+
+
+def combine(folder: Path, parts: list[tuple[Path, Manifest]]) -> tuple[Manifest, dict[str, list[str]]]:
+    """One manifest of the sets that `parts` record (path, manifest with the ids it wrote in
+    `builder["part"]`), in their order, and the ids of the videos and identities they wrote;
+    checks that they were built alike and that every shard is on disk at its recorded size."""
     first_path, first = parts[0]
     for path, m in parts[1:]:
         for what, a, b in (("builder settings", _settings(first), _settings(m)), ("AU names", first.au_names, m.au_names),
@@ -87,7 +100,7 @@ def merge(folder: str | Path) -> Manifest:
             if a != b:
                 raise ValueError(f"{path}: {what} differ from {first_path}'s ({b!r} against {a!r}): "
                                  "the parts were not built with the same settings")  # fmt: skip
-    shards, splits, videos, identities, frames = [], {}, set(), set(), 0
+    shards, splits, videos, identities, frames, unnamed = [], {}, set(), set(), 0, 0
     for path, m in parts:
         info = m.builder.get("part") or {}
         for s in m.shards:
@@ -103,23 +116,23 @@ def merge(folder: str | Path) -> Manifest:
         videos.update(info.get("videos", ()))
         identities.update(info.get("identities", ()))
         frames += m.totals.get("frames", 0)
-    if not sum(s.samples for s in shards):  # as a whole build of nothing but bad inputs: no set at all
-        raise ValueError(f"{folder}: the {len(parts)} parts hold no clips (every input was skipped): "
-                         "no manifest written")  # fmt: skip
+        unnamed += m.totals.get("clips_without_identity", 0)
     names = [s.path for s in shards]
     if len(set(names)) != len(names):
         raise ValueError(f"{folder}: two parts list the same shard name; were they written with the same --part?")
     lengths = {m.frames_per_clip for _, m in parts if m.total_clips}
+    totals = {"clips": sum(s.samples for s in shards), "frames": frames, "videos": len(videos),
+              "identities": len(identities)}  # fmt: skip
+    if any("clips_without_identity" in m.totals for _, m in parts):
+        totals["clips_without_identity"] = unnamed
     manifest = Manifest(
         name=(first.builder.get("part") or {}).get("name", first.name),
         frame_size=next((m.frame_size for _, m in parts if m.total_clips), first.frame_size),
         frames_per_clip=lengths.pop() if len(lengths) == 1 else 0,  # 0: clip lengths vary, as the writer says
         au_names=first.au_names,
-        builder={**_settings(first), "parts": len(parts)},
+        builder=_settings(first),
         shards=shards,
-        totals={"clips": sum(s.samples for s in shards), "frames": frames, "videos": len(videos),
-                "identities": len(identities)},  # fmt: skip
+        totals=totals,
         splits={k: {"shards": v["shards"], "identities": sorted(v["identities"])} for k, v in splits.items()},
     )
-    manifest.save(folder / MANIFEST_NAME)
-    return manifest
+    return manifest, {"videos": sorted(videos), "identities": sorted(identities)}

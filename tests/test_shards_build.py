@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from shards.build import NoClips, build_shards, find_videos
+from shards.build import NoClips, build_shards
+from shards.inputs import read_inputs
 from shards.parts import merge
 from shards.stream import ClipStream
 from stream_helpers import grey, write_mp4
@@ -62,7 +63,7 @@ def read_back(folder: Path) -> list[tuple[dict, list[np.ndarray]]]:
 def test_videos_become_clips_with_identity_video_and_frames_in_order(videos, tmp_path):
     per_video = 2
     manifest, skipped = build_shards(videos, tmp_path, frames=FRAMES, stride=STRIDE, size=32, clips_per_video=per_video,
-                                     shard_samples=3)  # fmt: skip
+                                     shard_samples=3, faces="none")  # fmt: skip
     want = sum(expected_clips(n, per_video) for vids in LAYOUT.values() for clips in vids.values() for n in clips.values())
     assert manifest.totals["clips"] == want
     assert set(skipped) == {str(videos / "id002/vidE/short.mp4"), str(videos / "id003/vidD/broken.mp4")}
@@ -84,7 +85,8 @@ def test_videos_become_clips_with_identity_video_and_frames_in_order(videos, tmp
 
 
 def test_parts_merge_into_the_set_one_build_writes(videos, tmp_path):
-    settings = dict(frames=FRAMES, stride=STRIDE, size=32, clips_per_video=3, shard_samples=2, heldout=0.34, seed=1)
+    settings = dict(frames=FRAMES, stride=STRIDE, size=32, clips_per_video=3, shard_samples=2, heldout=0.34, seed=1,
+                    faces="none")
     whole, _ = build_shards(videos, tmp_path / "whole", **settings)
     for k in range(3):
         build_shards(videos, tmp_path / "parts", **settings, part=(k, 3))
@@ -99,9 +101,10 @@ def test_parts_merge_into_the_set_one_build_writes(videos, tmp_path):
 def test_cli_reports_the_skipped_videos_and_the_set_verifies(videos, tmp_path):
     out = tmp_path / "set"
     proc = subprocess.run([sys.executable, "-m", "shards", "build", str(videos), "--out", str(out), "--frames", "4",
-                           "--stride", "2", "--size", "24"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+                           "--stride", "2", "--size", "24", "--faces", "none"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "skipped 2 video(s)" in proc.stdout and "broken.mp4: cannot decode" in proc.stdout
+    assert "skipped 2 input(s): " in proc.stdout and "1 cannot decode" in proc.stdout and "1 shorter than" in proc.stdout
+    assert "broken.mp4: cannot decode" in proc.stdout
     assert subprocess.run([sys.executable, "-m", "shards", "verify", str(out)], cwd=REPO).returncode == 0
     proc = subprocess.run([sys.executable, "-m", "shards", "build", str(videos / "nowhere"), "--out", str(out / "x")],
                           cwd=REPO, capture_output=True, text=True)  # fmt: skip
@@ -119,19 +122,19 @@ def test_a_build_that_writes_no_clip_fails_and_names_every_skipped_video(tmp_pat
     (videos / "id2" / "v2" / "broken.mp4").write_bytes(b"not a video")
     out = tmp_path / "set"
     proc = subprocess.run([sys.executable, "-m", "shards", "build", str(videos), "--out", str(out), "--frames",
-                           str(FRAMES), "--stride", str(STRIDE)], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+                           str(FRAMES), "--stride", str(STRIDE), "--faces", "none"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode != 0, proc.stdout
-    assert "skipped 2 video(s)" in proc.stdout and "short.mp4: shorter than one clip" in proc.stdout
+    assert "skipped 2 input(s)" in proc.stdout and "short.mp4: shorter than one clip" in proc.stdout
     assert "broken.mp4: cannot decode" in proc.stdout
-    assert "no clip written: all 2 video(s) were skipped" in proc.stderr, proc.stderr[-2000:]
+    assert "no clip written: all 2 input(s) were skipped" in proc.stderr, proc.stderr[-2000:]
     assert not (out / "manifest.json").exists()
 
     with pytest.raises(NoClips) as caught:
-        build_shards(videos, out, frames=FRAMES, stride=STRIDE)
+        build_shards(videos, out, frames=FRAMES, stride=STRIDE, faces="none")
     assert set(caught.value.skipped) == {str(videos / "id1/v1/short.mp4"), str(videos / "id2/v2/broken.mp4")}
     # Built in parts, each (empty) part is recorded, and merging refuses the empty whole.
     for k in range(2):
-        build_shards(videos, tmp_path / "parts", frames=FRAMES, stride=STRIDE, part=(k, 2))
+        build_shards(videos, tmp_path / "parts", frames=FRAMES, stride=STRIDE, part=(k, 2), faces="none")
     with pytest.raises(ValueError, match="the 2 parts hold no clips"):
         merge(tmp_path / "parts")
     assert not (tmp_path / "parts" / "manifest.json").exists()
@@ -140,11 +143,12 @@ def test_a_build_that_writes_no_clip_fails_and_names_every_skipped_video(tmp_pat
 def test_layouts_without_identity_or_video_folders(tmp_path):
     write_mp4(tmp_path / "flat.mp4", 8)
     write_mp4(tmp_path / "id9" / "clip.mp4", 8)
-    assert [(p.name, i, v) for p, i, v in find_videos(tmp_path)] == [("flat.mp4", None, "flat"), ("clip.mp4", "id9", "id9/clip")]
+    found = [(Path(i.path).name, i.identity, i.video) for i in read_inputs("folder", tmp_path)]
+    assert found == [("flat.mp4", None, "flat"), ("clip.mp4", "id9", "id9/clip")]
 
 
-def read_landmarks(folder: Path) -> dict[str, np.ndarray]:
-    """clip id -> the landmarks [T, 68, 2] stored with it."""
+def read_arrays(folder: Path, member: str) -> dict[str, np.ndarray]:
+    """clip id -> the array each clip stores as `KEY.{member}` (`landmarks.npy`, `au.npy`)."""
     import io
 
     out = {}
@@ -153,8 +157,13 @@ def read_landmarks(folder: Path) -> dict[str, np.ndarray]:
             members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
         for name in (n for n in members if n.endswith(".json")):
             key = name[: -len(".json")]
-            out[json.loads(members[name])["clip_id"]] = np.load(io.BytesIO(members[key + ".landmarks.npy"])).astype(float)
+            out[json.loads(members[name])["clip_id"]] = np.load(io.BytesIO(members[f"{key}.{member}"]))
     return out
+
+
+def read_landmarks(folder: Path) -> dict[str, np.ndarray]:
+    """clip id -> the landmarks [T, 68, 2] stored with it."""
+    return {k: v.astype(float) for k, v in read_arrays(folder, "landmarks.npy").items()}
 
 
 def write_face_video(path: Path, frames: np.ndarray, offset: tuple[int, int]) -> None:

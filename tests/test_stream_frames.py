@@ -37,13 +37,13 @@ DATA = shards_data_config()
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """Three real MP4s of 20 frames (one 16-frame clip each) through `shards build` with every
-    default: what a user gets who names nothing but the folders."""
+    default but `--faces none` (the frames are flat grey: nothing to detect)."""
     root = tmp_path_factory.mktemp("vox")
     for identity, video in (("id1", "a"), ("id1", "b"), ("id2", "c")):
         write_mp4(root / "videos" / identity / video / "00001.mp4", 20)
     out = root / "B"
-    proc = subprocess.run([sys.executable, "-m", "shards", "build", str(root / "videos"), "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "shards", "build", str(root / "videos"), "--out", str(out),
+                           "--faces", "none"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     return out
 

@@ -36,7 +36,7 @@ from shards.datasets.paths import child, first_child, listing
 from shards.datasets.table import DISFA_AUS, DISFA_INTENSITY_AUS, FrameRecord, FrameTable, au_name, au_number
 from shards.datasets.video import video_frame_count
 
-__all__ = ["load_disfa", "read_disfa_labels", "read_disfa_landmarks", "PRESENT_AT"]
+__all__ = ["load_disfa", "disfa_videos", "read_disfa_labels", "read_disfa_landmarks", "PRESENT_AT"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ PRESENT_AT = 2  # DISFA occurrence: intensity >= 2
 N_LANDMARKS = 66
 
 
-def _videos(root: Path, camera: str) -> tuple[Path, dict[str, Path]]:
+def disfa_videos(root: Path, camera: str) -> tuple[Path, dict[str, Path]]:
+    """(the camera's video folder, {subject: its video})."""
     cam = camera.lower()
     if cam not in ("left", "right"):
         raise ValueError(f"DISFA camera must be 'left' or 'right', got {camera!r}")
@@ -161,7 +162,7 @@ def load_disfa(root: str | Path, *, camera: str = "left", intensity: bool = Fals
     if lacking or not au_list:
         raise ValueError(f"DISFA ({root}) has no labels for {lacking or 'an empty AU list'}; "
                          f"it labels {[au_name(a) for a in DISFA_INTENSITY_AUS]}")  # fmt: skip
-    video_dir, videos = _videos(root, camera)
+    video_dir, videos = disfa_videos(root, camera)
     if subjects is not None:
         wanted = {s.upper() for s in subjects}
         if missing := sorted(wanted - set(videos)):
