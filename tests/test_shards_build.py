@@ -186,9 +186,13 @@ def write_face_video(path: Path, frames: np.ndarray, offset: tuple[int, int]) ->
             c.mux(packet)
 
 
-def test_face_videos_become_clips_of_face_tracks_with_landmarks(tmp_path):
-    """`--faces dlib`: faces found and tracked in videos that are not face crops; each clip is a
-    window of one track, cut around its landmarks, which land near the renderer's own."""
+@pytest.mark.parametrize("faces", ["dlib", "mediapipe"])
+def test_face_videos_become_clips_of_face_tracks_with_landmarks(tmp_path, faces):
+    """`--faces dlib` (and mediapipe, where installed): faces found and tracked in videos that are
+    not face crops; each clip is a window of one track, cut around its landmarks, which land near
+    the renderer's own."""
+    if faces == "mediapipe":
+        pytest.importorskip("mediapipe")
     from shards.face_pipeline import normalised_error
     from shards.synthetic import Renderer
 
@@ -201,10 +205,10 @@ def test_face_videos_become_clips_of_face_tracks_with_landmarks(tmp_path):
     (tmp_path / "in" / "id2" / "vid" / "broken.mp4").write_bytes(b"not a video")
     write_mp4(tmp_path / "in" / "id2" / "vid" / "faceless.mp4", 16)  # grey frames: nothing to track
     manifest, skipped = build_shards(tmp_path / "in", tmp_path / "out", frames=4, stride=2, size=64,
-                                     clips_per_video=2, faces="dlib")  # fmt: skip
+                                     clips_per_video=2, faces=faces)  # fmt: skip
     assert sorted(skipped) == [str(tmp_path / "in" / "id2" / "vid" / n) for n in ("broken.mp4", "faceless.mp4")]
     assert "faceless.mp4: no face tracked for one clip" in skipped[str(tmp_path / "in" / "id2" / "vid" / "faceless.mp4")]
-    assert manifest.builder["settings"]["faces"] == "dlib"
+    assert manifest.builder["settings"]["faces"] == faces
     clips = read_back(tmp_path / "out")
     assert {meta["identity"] for meta, _ in clips} == {"id1", "id2"}  # a window of 7 tracked frames each at least
     landmarks = read_landmarks(tmp_path / "out")
