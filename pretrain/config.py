@@ -65,8 +65,9 @@ class TrainConfig:
     augment_strength: float = 0.3  # scales the crop, colour and blur ranges: faces stay near their aligned place
     align: bool = True  # warp frames onto the landmark template (as fine-tuning and the probes do) where shards have landmarks
     # one alignment a clip (its frames' mean landmarks) rather than one a frame: a face detector's
-    # landmarks jitter from frame to frame, and per-frame alignment turns that into motion
-    align_steady: bool = False
+    # landmarks jitter from frame to frame, and per-frame alignment turns that into motion.
+    # None: steady where the data's landmarks come from a detector (its manifest says so)
+    align_steady: Optional[bool] = None
     frame_jitter: float = 0.0  # per-frame shift/rotation/scale on top of the per-clip augmentation
 
 

@@ -7,7 +7,8 @@ rules again.
   shards' stored frame size.
 * `view_length`: frames in each of a clip's two temporal views: three quarters of `data.frames`
   (at least 2), so the views overlap in time by half.
-* `data`: what the data was (kind, name, split, the manifest's sha256), never where it lay.
+* `data`: what the data was (kind, name, split, the manifest's sha256, where its landmarks came
+  from, how many clips name no identity), never where it lay.
 * `code_version`: the package version and git commit that trained it.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from shards.manifest import MANIFEST_NAME
+from shards.manifest import MANIFEST_NAME, landmark_source
 
 DEFAULT_IMAGE_SIZE = 112  # shards given by URL have no local manifest to read the size from
 
@@ -66,9 +67,17 @@ class Provenance:
             image_size=image_size(cfg.data.resize, manifest),
             view_length=view_length(cfg.data.frames),
             data={"kind": cfg.data.kind, "name": data_name(source, manifest), "split": cfg.data.train_split,
-                  "manifest_digest": manifest.digest() if manifest is not None else None},  # fmt: skip
+                  "manifest_digest": manifest.digest() if manifest is not None else None,
+                  "landmarks": landmark_source(manifest.builder) if manifest is not None else None,
+                  "clips_without_identity": manifest.totals.get("clips_without_identity") if manifest else None},  # fmt: skip
             code_version=code_version(),
         )
+
+    @property
+    def steady_alignment(self) -> bool:
+        """One alignment a clip by default where the landmarks come from a face detector, whose
+        frame-to-frame jitter per-frame alignment would turn into motion (README, "Faces in real video")."""
+        return self.data.get("landmarks") not in (None, "renderer")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -176,6 +176,20 @@ def _results_table(evaluation: dict) -> list[str]:
     return rows
 
 
+def _data_notes(data: dict) -> list[str]:
+    """What the data's landmarks and identities were, where a user must know it."""
+    notes = []
+    if data.get("landmarks") == "dlib":
+        notes.append("- landmarks: found by dlib's 68-point shape predictor, whose weights are trained on iBUG "
+                     "300-W: its licence excludes commercial use, and so this backbone's use")  # fmt: skip
+    elif data.get("landmarks") == "mediapipe":
+        notes.append("- landmarks: MediaPipe's face mesh (Apache-2.0), mapped to 68 iBUG points (approximately)")
+    if data.get("clips_without_identity"):
+        notes.append(f"- {data['clips_without_identity']} clips name no person: their video id stood in for one "
+                     "(a pseudo-identity, so one person's two videos count as two people)")  # fmt: skip
+    return notes
+
+
 def _identity_note(source: str | None) -> list[str]:
     """What the cross-identity objectives took for a person (the data may name no one)."""
     if source is None:
@@ -200,7 +214,8 @@ def model_card(name: str, config: dict) -> str:
         "## Data", "",
         f"- data: `{data.get('name')}` ({data.get('kind')}), split `{data.get('split')}`",
         f"- manifest sha256: `{data.get('manifest_digest')}` (names the exact shards it saw)",
-        f"- {a.get('steps')} optimizer steps, {a.get('samples_seen')} clips seen", "",
+        f"- {a.get('steps')} optimizer steps, {a.get('samples_seen')} clips seen",
+        *_data_notes(data), "",
         "## Objectives", "", "| objective | weight | settings |", "| --- | ---: | --- |",
         *(f"| {o} | {s.get('weight')} | {', '.join(f'{k}={v}' for k, v in s.items() if k != 'weight') or '-'} |"
           for o, s in objectives.items()),  # fmt: skip

@@ -134,6 +134,8 @@ class Run:
         # Aligned frames are warped from the decoded ones on the device (the landmarks are in
         # their pixels), so the workers do not resize them first.
         self.align = cfg.train.align
+        steady = cfg.train.align_steady
+        self.align_steady = self.provenance.steady_alignment if steady is None else steady
         try:
             self.stream = ClipStream(
                 self.source, split=cfg.data.train_split, frames=cfg.data.frames, stride=cfg.data.stride,
@@ -212,7 +214,7 @@ class Run:
             frames, landmarks = batch.frames, None
             if self.align and batch.landmarks is not None:
                 frames, landmarks = align_clips(batch.frames, batch.landmarks, self.provenance.image_size,
-                                                cfg.train.align_steady)  # fmt: skip
+                                                self.align_steady)  # fmt: skip
             elif self.align and frames.shape[-1] != self.provenance.image_size:  # shards without landmarks
                 frames = resize_frames(frames, self.provenance.image_size)
             views = make_views(frames, batch.frame_index, self.mean, self.std, g, self.provenance.view_length, cfg.train.augment,

@@ -28,6 +28,18 @@ def heldout_people(seed: int, identities: int, share: float) -> set[int]:
     return set(np.random.default_rng([seed, 0x4E1D]).permutation(identities)[:count].tolist())
 
 
+def landmark_source(builder: dict) -> str | None:
+    """Where the landmarks of a set with this manifest `builder` come from: a face detector's name
+    ("dlib", "mediapipe": the face pipeline's, as real video gets them, from `shards build` or a
+    synthetic set with `landmarks="dlib"`), "renderer" (the synthetic renderer's exact ones), or
+    None (no landmarks)."""
+    settings = builder.get("settings", {})
+    detector = settings.get("faces", "none") if "faces" in settings else settings.get("landmarks", "renderer")
+    if detector not in ("none", "renderer"):
+        return detector
+    return "renderer" if builder.get("name") == "auforge.shards.synthetic" else None
+
+
 @dataclass
 class ShardInfo:
     path: str  # relative to the manifest's folder

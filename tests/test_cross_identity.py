@@ -268,3 +268,21 @@ def test_model_card_says_what_mining_took_for_identity(source, said):
     config = {"architecture": "resnet18", "num_features": 512, "auforge": {"identity_source": source},
               "pretrained_cfg": {"input_size": [3, 56, 56], "mean": [0.5] * 3, "std": [0.5] * 3}}  # fmt: skip
     assert said in model_card("au-r18", config)
+
+
+def test_detector_landmarks_and_pseudo_identities_reach_the_card_and_choose_steady_alignment():
+    from pretrain.provenance import Provenance
+    from pretrain.publish import model_card
+    from shards.manifest import landmark_source
+
+    assert landmark_source({"name": "auforge.shards.build", "settings": {"faces": "dlib"}}) == "dlib"
+    assert landmark_source({"name": "auforge.shards.build", "settings": {"faces": "none"}}) is None
+    assert landmark_source({"name": "auforge.shards.synthetic", "settings": {}}) == "renderer"
+    assert landmark_source({"name": "auforge.shards.synthetic", "settings": {"landmarks": "dlib"}}) == "dlib"
+    detected, exact = ({"landmarks": source, "clips_without_identity": n} for source, n in (("dlib", 7), ("renderer", 0)))
+    assert Provenance(112, 3, detected, "x").steady_alignment and not Provenance(112, 3, exact, "x").steady_alignment
+    cards = [model_card("au-r18", {"architecture": "resnet18", "num_features": 512, "auforge": {"data": data},
+                                   "pretrained_cfg": {"input_size": [3, 56, 56], "mean": [0.5] * 3, "std": [0.5] * 3}})
+             for data in (detected, exact)]  # fmt: skip
+    assert "iBUG 300-W" in cards[0] and "excludes commercial use" in cards[0] and "7 clips name no person" in cards[0]
+    assert "iBUG" not in cards[1] and "name no person" not in cards[1]
