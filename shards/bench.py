@@ -10,7 +10,10 @@ after streaming 1,000 and 100,000 clips (resampled), which must stay flat.
 `--synth` instead prints how many synthetic clips (16 frames, 112 px) one core renders per
 second, and the shares of drawing (face, blur, noise) and JPEG encoding; `--faces` how many of
 200 synthetic faces the face pipeline finds, its landmark error against the renderer's and its
-milliseconds a frame: dlib at each upsampling, and MediaPipe (both detectors) where installed.
+milliseconds a frame: dlib at each upsampling, and MediaPipe (both detectors) where installed;
+`--build` how many clips `shards build` writes per second per core from MP4s of rendered faces
+placed in larger frames, and the shares of its time spent decoding, detecting, landmarking and
+JPEG-encoding, against decoding alone (the floor) in the same process.
 Measurements alternate and the best of the repeats is kept, since the machine is shared.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -152,6 +156,93 @@ def faces_rate(count: int, upsamples: list[int]) -> None:
     print("without the jaw (points 17-67), whose definition differs most between landmark schemes; one core")
 
 
+def write_face_video(path: Path, frames: np.ndarray, offset: tuple[int, int], fps: int = 25) -> None:
+    """A real MP4 of rendered faces [T, S, S, 3] placed at `offset` (x, y) in a larger grey frame:
+    a face video that is not a face crop, in H.264 at x264's default quality (CRF 23), as video on
+    the web comes (MPEG-4 part 2 at PyAV's default bit rate blurs faces past dlib's detector)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames.shape[1] + 48, frames.shape[2] + 80
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"crf": "23"}
+        for face in frames:
+            image = np.full((height, width, 3), 110, np.uint8)
+            image[offset[1] : offset[1] + face.shape[0], offset[0] : offset[0] + face.shape[1]] = face
+            for packet in s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+
+
+class _Timed:
+    """A face backend that adds up the seconds its detector and landmark calls take."""
+
+    def __init__(self, backend):
+        self.backend, self.name, self.seconds = backend, backend.name, {"detect": 0.0, "landmarks": 0.0}
+
+    def detect(self, frame):
+        start = CLOCK()
+        found = self.backend.detect(frame)
+        self.seconds["detect"] += CLOCK() - start
+        return found
+
+    def landmarks(self, frame, box):
+        start = CLOCK()
+        points = self.backend.landmarks(frame, box)
+        self.seconds["landmarks"] += CLOCK() - start
+        return points
+
+
+def build_rate(videos: int, frames: int = 40, clip: int = 16, per_video: int = 2) -> None:
+    """`shards build --faces dlib` (one worker, so per core) over MP4s of rendered faces, its time
+    split into decoding, detection, landmarks and encoding; decoding alone as the floor."""
+    from shards import build
+    from shards.face_pipeline import DlibFaces
+    from shards.inputs import read_inputs
+
+    renderer = Renderer(0, identities=120, frames=frames, size=SIZE)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "videos"
+        for v in range(videos):
+            write_face_video(root / f"id{v % 4}" / f"v{v}" / "00001.mp4", renderer.frames_and_labels(v)[0], (40, 24))
+        timed = build._backends["dlib"] = _Timed(DlibFaces())
+        cut = dict(frames=clip, size=SIZE, clips_per_video=per_video)
+        start = CLOCK()
+        manifest, _ = build.build_shards(root, Path(tmp) / "faces", faces="dlib", **cut)
+        total = CLOCK() - start
+        decoded_frames = 0
+        start = CLOCK()
+        for item in read_inputs("folder", root):  # the frames the build read: tracks end with their clips
+            with build.input_frames(item) as (_, loaders):
+                for load in itertools.islice(loaders, clip * per_video):
+                    load()
+                    decoded_frames += 1
+        decode = CLOCK() - start
+        crops = [renderer.frames_and_labels(v)[0][0] for v in range(8)]
+        frames_written = manifest.totals["frames"]
+        start = CLOCK()
+        for i in range(frames_written):
+            simplejpeg.encode_jpeg(crops[i % 8], quality=90, colorspace="RGB")
+        encode = CLOCK() - start
+        start = CLOCK()
+        plain, _ = build.build_shards(root, Path(tmp) / "plain", faces="none", **cut)
+        centre = CLOCK() - start
+    clips = manifest.totals["clips"]
+    shares = {"decoding": decode, "detection": timed.seconds["detect"], "landmarks": timed.seconds["landmarks"],
+              "JPEG encoding": encode}  # fmt: skip
+    shares["the rest (tracking, crops, tar)"] = max(0.0, total - sum(shares.values()))
+    print(f"{videos} MP4s of {frames} frames ({SIZE + 80}x{SIZE + 48}, a {SIZE} px face each), clips of {clip} frames, "
+          f"up to {per_video} a video, one worker (one core):")  # fmt: skip
+    print(f"  --faces dlib   {clips / total:6.2f} clips/s ({clips} clips in {total:.1f} s: {decoded_frames / total:.0f} "
+          f"frames/s, {decode / total:.1%} of the {decoded_frames / decode:.0f} frames/s of decoding alone)")  # fmt: skip
+    for what, seconds in shares.items():
+        print(f"    {what:32s} {seconds / total:5.0%}  ({1000 * seconds / decoded_frames:5.1f} ms a frame)")
+    print(f"  --faces none   {plain.totals['clips'] / centre:6.2f} clips/s (centre crops of face videos, no landmarks)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m shards.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--clips", type=int, default=512, help="clips in the benchmark set")
@@ -160,8 +251,13 @@ def main(argv=None) -> None:
     parser.add_argument("--synth", action="store_true", help="measure the synthetic renderer instead")
     parser.add_argument("--faces", action="store_true",
                         help="measure the face pipeline on synthetic faces instead (200 frames, dlib upsampled 0-2x, MediaPipe)")  # fmt: skip
+    parser.add_argument("--build", action="store_true",
+                        help="measure shards build from MP4s instead (face pipeline: shares of decode, detect, landmarks, encode)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.build:
+        build_rate(24)
+        return
     if args.synth:
         synth_rate(max(args.clips // 4, 50))
         return

@@ -8,7 +8,8 @@ every frame by the parsing fine-tuning uses). Every input yields up to `clips_pe
 * `faces="dlib"` (the default) or `"mediapipe"`: the face pipeline (`shards.face_pipeline`) finds and tracks every
   face; a clip is a window of one face track, cut square around that frame's 68 landmarks (as
   fine-tuning crops faces) and resized to `size`, stored with the landmarks in the crop, the
-  detector's score and the crop's box in the frame per frame (`face_score`, `face_crop`), its
+  detector's score (null where the tracker bridged a missed detection) and the crop's box in the
+  frame per frame (`face_score`, `face_crop`), its
   `track_id` naming the track. Pre-cropped video (VoxCeleb2) goes the same way: the landmarks are
   still computed.
 * `faces="none"`: the frames are face crops already; each is centre-cropped square and resized,
@@ -164,7 +165,7 @@ def face_clips(item: Input, backend, *, frames: int, stride: int, size: int, cli
                 jpegs = [_jpeg(c, quality) for c in t["crops"][rows]]
                 clips.append(_window(item, t["frames"][rows], jpegs, prefix=f"t{number:03d}/", track=f"t{number:03d}",
                                      landmarks=t["crop_landmarks"][rows],
-                                     extra={"face_score": [round(float(x), 3) for x in t["scores"][rows]],
+                                     extra={"face_score": [None if np.isnan(x) else round(float(x), 3) for x in t["scores"][rows]],
                                             "face_crop": t["crop_boxes"][rows].tolist()}))  # fmt: skip
                 if len(clips) == clips_per_video:
                     return clips, fps

@@ -86,6 +86,31 @@ def test_tracks_end_at_a_shot_change_and_where_the_face_is_lost(dlib_faces):
     assert np.mean(errors) < 0.15
 
 
+class Missing:
+    """A backend that misses every face in the frames `blind` (a detector's occasional miss)."""
+
+    def __init__(self, backend, blind: set[int]):
+        self.backend, self.blind, self.name, self.calls = backend, blind, backend.name, -1
+
+    def detect(self, frame):
+        self.calls += 1
+        return [] if self.calls in self.blind else self.backend.detect(frame)
+
+    def landmarks(self, frame, box):
+        return self.backend.landmarks(frame, box)
+
+
+def test_a_track_bridges_two_missed_detections_and_ends_at_its_last_one(dlib_faces):
+    video, _, _, _ = Renderer(0, identities=120, frames=16, size=112).frames_and_labels(0)
+    seen = [len(dlib_faces.detect(f)) for f in video]
+    assert all(seen), seen  # dlib finds this face in every frame: the misses below are the only ones
+    (track,) = [t.arrays() for t in track_faces(iter(video), Missing(dlib_faces, {5, 9, 10}))]
+    assert track["frames"].tolist() == list(range(16))
+    assert np.isnan(track["scores"]).nonzero()[0].tolist() == [5, 9, 10]
+    tracks = [t.arrays()["frames"].tolist() for t in track_faces(iter(video), Missing(dlib_faces, {5, 6, 7, 14, 15}))]
+    assert tracks == [[0, 1, 2, 3, 4], [8, 9, 10, 11, 12, 13]]  # three misses end it; bridged ends are cut
+
+
 def test_synthetic_sets_can_store_the_detectors_landmarks(tmp_path):
     """`landmarks="dlib"`: the same frames, with the landmarks dlib finds on them instead of the
     renderer's (close to them, not equal); the renderer's sets keep their names and bytes."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
+from shards.bench import write_face_video
 from shards.build import NoClips, build_shards
 from shards.inputs import read_inputs
 from shards.parts import merge
@@ -164,26 +165,6 @@ def read_arrays(folder: Path, member: str) -> dict[str, np.ndarray]:
 def read_landmarks(folder: Path) -> dict[str, np.ndarray]:
     """clip id -> the landmarks [T, 68, 2] stored with it."""
     return {k: v.astype(float) for k, v in read_arrays(folder, "landmarks.npy").items()}
-
-
-def write_face_video(path: Path, frames: np.ndarray, offset: tuple[int, int]) -> None:
-    """A real MP4 of rendered faces placed at `offset` (x, y) in a larger grey frame: a face video
-    that is not a face crop."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1] + 48, frames.shape[2] + 80
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=25)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.options = {"qscale": "2"}
-        for face in frames:
-            image = np.full((height, width, 3), 110, np.uint8)
-            image[offset[1] : offset[1] + face.shape[0], offset[0] : offset[0] + face.shape[1]] = face
-            for packet in s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
 
 
 @pytest.mark.parametrize("faces", ["dlib", "mediapipe"])

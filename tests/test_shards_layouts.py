@@ -21,7 +21,8 @@ from shards.face_pipeline import normalised_error
 from shards.ledger import LEDGER_DIR
 from shards.stream import ClipStream
 from stream_helpers import write_mp4
-from test_shards_build import read_arrays, read_back, read_landmarks, write_face_video
+from shards.bench import write_face_video
+from test_shards_build import read_arrays, read_back, read_landmarks
 
 REPO = Path(__file__).resolve().parents[1]
 OFFSET = (40, 16)  # where the 112 px face sits in the larger frame
