@@ -156,14 +156,16 @@ def faces_rate(count: int, upsamples: list[int]) -> None:
     print("without the jaw (points 17-67), whose definition differs most between landmark schemes; one core")
 
 
-def write_face_video(path: Path, frames: np.ndarray, offset: tuple[int, int], fps: int = 25) -> None:
+def write_face_video(path: Path, frames: np.ndarray, offset: tuple[int, int], fps: int = 25,
+                     crop: bool = False) -> None:  # fmt: skip
     """A real MP4 of rendered faces [T, S, S, 3] placed at `offset` (x, y) in a larger grey frame:
-    a face video that is not a face crop, in H.264 at x264's default quality (CRF 23), as video on
-    the web comes (MPEG-4 part 2 at PyAV's default bit rate blurs faces past dlib's detector)."""
+    a face video that is not a face crop (`crop=True`: the faces alone, a face crop as VoxCeleb2's
+    are), in H.264 at x264's default quality (CRF 23), as video on the web comes (MPEG-4 part 2 at
+    PyAV's default bit rate blurs faces past dlib's detector)."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1] + 48, frames.shape[2] + 80
+    height, width = frames.shape[1] + (0 if crop else 48), frames.shape[2] + (0 if crop else 80)
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height, s.pix_fmt = width, height, "yuv420p"

@@ -91,6 +91,12 @@ def test_bp4d_as_released_becomes_labelled_face_shards(tmp_path):
             exact = (faces[meta["frame_index"][t] - first] - [left, top]) * (64 / (right - left))
             errors.append(normalised_error(landmarks[meta["clip_id"]][t], exact))
     assert np.mean(errors) < 0.15, np.mean(errors)  # dlib on the renderer's faces: about 0.1
+    # fine-tuning streams them as its labelled frames, aligned by the stored landmarks
+    from finetune.labelled import shard_frames
+
+    frames = shard_frames(str(tmp_path / "out"), size=56, clip_frames=4)
+    assert len(frames) == 4 * len(clips) and frames.au_names == manifest.au_names and frames.images.shape[1:] == (56, 56, 3)
+    assert sorted(frames.occ.tolist()) == sorted(row for occ in occ_by_clip.values() for row in occ.tolist())
 
 
 def _labels(folder: Path) -> dict[str, np.ndarray]:
@@ -186,3 +192,20 @@ def test_a_killed_build_resumes_to_the_shards_an_uninterrupted_build_writes(tmp_
     whole = {n: b for n, b in _files(tmp_path / "whole").items() if not n.startswith(".")}
     killed = {n: b for n, b in _files(tmp_path / "killed").items() if not n.startswith(".")}
     assert whole == killed and len(whole) == 9  # eight shards, one a video, and the same manifest
+
+
+def test_pre_cropped_face_videos_in_voxceleb2s_layout_get_landmarks_by_default(tmp_path):
+    """VoxCeleb2's clips are face crops already: the default build still finds the face and its
+    landmarks in each frame, as on any video."""
+    from shards.bench import SIZE
+
+    for clip, (speaker, video) in enumerate((("id00012", "2DLq_Kkc1r8"), ("id00015", "0fijmz4vTVU"))):
+        faces, _ = rendered(clip, 8)
+        write_face_video(tmp_path / "vox" / speaker / video / "00001.mp4", faces, (0, 0), crop=True)
+    manifest, skipped = build_shards(tmp_path / "vox", tmp_path / "out", frames=4, size=SIZE, clips_per_video=1)
+    assert not skipped and manifest.builder["settings"]["faces"] == "dlib"
+    clips = read_back(tmp_path / "out")
+    assert sorted((m["identity"], m["video_id"]) for m, _ in clips) == [
+        ("id00012", "id00012/2DLq_Kkc1r8"), ("id00015", "id00015/0fijmz4vTVU")]
+    assert all(lm.shape == (4, 68, 2) for lm in read_landmarks(tmp_path / "out").values())
+    assert manifest.carries("landmarks")
