@@ -69,7 +69,7 @@ class Provenance:
             data={"kind": cfg.data.kind, "name": data_name(source, manifest), "split": cfg.data.train_split,
                   "manifest_digest": manifest.digest() if manifest is not None else None,
                   "landmarks": landmark_source(manifest.builder) if manifest is not None else None,
-                  "clips_without_identity": manifest.totals.get("clips_without_identity") if manifest else None},  # fmt: skip
+                  "clips_without_identity": manifest.totals.get("clips_without_identity") if manifest is not None else None},  # fmt: skip
             code_version=code_version(),
         )
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
 import importlib.util
 import itertools
 import logging
@@ -43,6 +44,7 @@ import simplejpeg
 from PIL import Image
 
 from shards import ledger, parts
+from shards.datasets.pixels import load_pixels
 from shards.format import Clip
 from shards.geometry import crop_box
 from shards.inputs import VIDEO_SUFFIXES, Input, Skip, au_names, read_inputs
@@ -88,21 +90,13 @@ def decoded(path: Path):
         raise ValueError(f"{path}: cannot decode: {e}") from e
 
 
-def _image(path: str) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the image: {e}") from e
-
-
 @contextlib.contextmanager
 def input_frames(item: Input):
     """(fps, the input's frames in order as loaders: zero-argument calls giving RGB uint8 [H, W, 3],
     so that a frame nobody uses is never converted); a labelled input's frames end with its labels.
     A file that cannot be read raises ValueError naming it."""
     if item.images:
-        yield IMAGE_SEQUENCE_FPS, (lambda p=p: _image(p) for p in item.images)
+        yield IMAGE_SEQUENCE_FPS, (lambda p=p: load_pixels(p) for p in item.images)
         return
     with decoded(Path(item.path)) as (fps, video):
         loaders = (lambda f=f: f.to_ndarray(format="rgb24") for f in video)
@@ -214,18 +208,20 @@ def build_chunk(job: dict) -> tuple[int, Manifest]:
                                   track_id=None if track is None else f"{item.name}/{track}", **window))  # fmt: skip
         manifest = writer.close()
     manifest.totals["clips_without_identity"] = unnamed
-    ledger.save(job["out_dir"], job["number"], manifest, inputs=[i.path for i in items], skipped=skipped,
-                seen=writer.seen(), name=job["name"])  # fmt: skip
-    return job["number"], ledger.finished(job["out_dir"], job["number"], [i.path for i in items])
+    return job["number"], ledger.save(job["out_dir"], job["number"], manifest, inputs=job["fingerprints"],
+                                      skipped=skipped, seen=writer.seen(), name=job["name"])  # fmt: skip
 
 
-def chunks(stream: Iterable[Input | Skip], held: set[str], per_chunk: int,
-           skipped: dict[str, str]) -> Iterator[tuple[int, str, list[Input]]]:  # fmt: skip
+def chunks(stream: Iterable[Input | Skip], held: set[str], per_chunk: int, skipped: dict[str, str],
+           tally: dict) -> Iterator[tuple[int, str, list[Input]]]:  # fmt: skip
     """(number, split, inputs) of every chunk of `stream`, numbered as they fill; what the layout
-    could not use goes to `skipped`."""
+    could not use goes to `skipped`; `tally` gets the digest of the input order ("order") and, at
+    the end, the number of chunks ("chunks")."""
     pending: dict[str, list[Input]] = {"train": [], "heldout": []}
     number = 0
+    order = tally.setdefault("order", hashlib.sha256())
     for item in stream:
+        order.update(item.path.encode() + b"\n")
         if isinstance(item, Skip):
             skipped[item.path] = item.reason
             log.warning("skipped %s", item.reason)
@@ -239,21 +235,22 @@ def chunks(stream: Iterable[Input | Skip], held: set[str], per_chunk: int,
         if items:
             yield number, split, items
             number += 1
+    tally["chunks"] = number
 
 
 def _run(jobs: Iterator[dict], workers: int) -> Iterator[tuple[int, Manifest]]:
     """Each job's (number, record): finished ones from the ledger, the others built, in `workers`
     processes when more than one (at most two jobs each waiting, so the stream is read as it goes)."""
+    todo = ((job, ledger.finished(job["out_dir"], job["number"], job["fingerprints"])) for job in jobs)
     if workers <= 1:
-        for job in jobs:
-            done = ledger.finished(job["out_dir"], job["number"], [i.path for i in job["inputs"]])
+        for job, done in todo:
             yield (job["number"], done) if done is not None else build_chunk(job)
         return
     # spawn, not fork: PyAV's and dlib's threads do not survive a fork
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
         running: set = set()
-        for job in jobs:
-            done = ledger.finished(job["out_dir"], job["number"], [i.path for i in job["inputs"]])
+        for job, done in todo:
             if done is not None:
                 yield job["number"], done
                 continue
@@ -262,6 +259,8 @@ def _run(jobs: Iterator[dict], workers: int) -> Iterator[tuple[int, Manifest]]:
                 ended, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                 yield from (f.result() for f in ended)
         yield from (f.result() for f in concurrent.futures.as_completed(running))
+    finally:  # on an error or Ctrl-C, the chunks not begun are dropped rather than waited for
+        pool.shutdown(cancel_futures=True)
 
 
 def build_shards(root, out_dir, *, layout: str = "folder", frames: int = 16, stride: int = 1, size: int = 112,
@@ -291,19 +290,25 @@ def build_shards(root, out_dir, *, layout: str = "folder", frames: int = 16, str
     per_chunk = max(1, shard_samples // clips_per_video)
     cut = dict(frames=frames, stride=stride, size=size, clips_per_video=clips_per_video, quality=quality)
     settings = dict(root=str(root.resolve()), layout=layout, **cut, inputs_per_shard=per_chunk, heldout=heldout,
-                    seed=seed, faces=faces)  # fmt: skip
+                    seed=seed, faces=faces, name=name)  # fmt: skip
     builder = {"name": "auforge.shards.build", "version": 2, "settings": settings}
     out_dir = Path(out_dir)
     ledger.open_ledger(out_dir, builder)
     skipped: dict[str, str] = {}
     base = dict(out_dir=str(out_dir), name=name, cut=cut, faces=faces, au_names=au_names(layout), builder=builder,
                 source=root.name)  # fmt: skip
-    jobs = (dict(base, number=number, split=split, inputs=items)
-            for number, split, items in chunks(read_inputs(layout, root), held, per_chunk, skipped)
-            if part is None or number % part[1] == part[0])  # fmt: skip
-    records = dict(_run(jobs, workers))
-    for record in records.values():
-        skipped.update(record.builder["part"]["skipped"])
+    tally: dict = {}
+    numbered = chunks(read_inputs(layout, root), held, per_chunk, skipped, tally)
+    jobs = (dict(base, number=number, split=split, inputs=items, fingerprints=[i.fingerprint() for i in items])
+            for number, split, items in numbered if part is None or number % part[1] == part[0])  # fmt: skip
+    records = {}
+    for number, record in _run(jobs, workers):
+        skipped.update(record.builder["part"].pop("skipped"))
+        record.builder["part"].pop("inputs")  # what is kept until the manifest: counts and ids, not paths
+        records[number] = record
+    stale = ledger.forget_after(out_dir, tally["chunks"])
+    if stale:
+        log.warning("removed the shards of chunks %s, which an earlier build of more inputs left", stale)
     if skipped:
         log.warning("skipped %d input(s): %s", len(skipped), summary(skipped))
     found = [(ledger.record_path(out_dir, n), records[n]) for n in sorted(records)]
@@ -316,7 +321,7 @@ def build_shards(root, out_dir, *, layout: str = "folder", frames: int = 16, str
                             identities=0, clips_without_identity=0))  # fmt: skip
         seen = {"videos": [], "identities": []}
     if part is not None:
-        parts.save_part(out_dir, *part, manifest, seen, name)
+        parts.save_part(out_dir, *part, manifest, {**seen, "inputs_digest": tally["order"].hexdigest()}, name)
     elif not manifest.total_clips:
         raise NoClips(root, skipped)
     else:

@@ -195,6 +195,8 @@ class MediaPipeFaces:
         (cx, cy), side = (box[:2] + box[2:]) / 2, self.box_scale * max(box[2] - box[0], box[3] - box[1])
         roi = self._rect(x_center=cx / w, y_center=cy / h, width=side / w, height=side / h, rotation=0.0)
         out = self._mesh.process({"image": np.ascontiguousarray(frame), "roi": roi})
+        if out.landmarks is None:  # the graph gave nothing for this crop: say so by the file, not by AttributeError
+            raise ValueError(f"MediaPipe's face mesh returned no landmarks for the box {box.round(1).tolist()}")
         return np.array([(p.x * w, p.y * h) for p in out.landmarks.landmark], np.float32), float(out.presence)
 
     def landmarks(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -315,8 +317,8 @@ def track_faces(frames: Iterable[np.ndarray], backend: FaceBackend, min_iou: flo
                 continue
             if max_length is None or len(track.frames) < max_length:
                 going.append(track)
-            else:
-                yield from ended([track])
+            else:  # cut for length while the face is still there: its bridged frames stay
+                yield track
         active = going
         for j, detection in enumerate(found):
             if j not in used:

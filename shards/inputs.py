@@ -6,15 +6,17 @@ Layouts (`LAYOUTS`):
   layout: speaker, YouTube id, clip) names the identity and the video by its folders;
   `ROOT/IDENTITY/CLIP.mp4` the identity, the file being its own video; `ROOT/CLIP.mp4` neither.
   Folders are walked in sorted order, the files of one folder in the order the file system lists
-  them (a flat folder of a million files is never sorted or held whole); a build that resumes must
-  see the folder unchanged, which its ledger checks (`shards.ledger`).
+  them (a flat folder of a million files is never sorted or held whole). A resumed build rebuilds
+  every chunk whose inputs differ from its record (`shards.ledger`), and the parts of a job array
+  must read the same order: merging compares a digest of it.
 * `list`: a text file of video paths, one per line (blank lines and `#` comments skipped), read
   line by line; a relative path resolves against the list's folder and names identity and video as
   the folder layout does, an absolute one is its own video; `PATH<TAB>IDENTITY` names the identity
   outright.
 * `bp4d`, `disfa`: the released AU datasets (`shards.datasets`, the parsing fine-tuning uses):
-  one input per labelled sequence (a BP4D task's image folder, a DISFA video), the subject as its
-  identity and every frame's AU occurrence and intensity attached.
+  one input per run of consecutive labelled frames of a sequence (a BP4D task's image folder, a
+  DISFA video), the subject as its identity and every frame's AU labels attached (BP4D:
+  occurrence; DISFA: intensity, occurrence where >= 2).
 
 An input without an identity from its layout gets none (`identity=None`): readers then take its
 video id for the person (a pseudo-identity, which the manifest counts and a model card names).
@@ -54,6 +56,19 @@ class Input:
     images: tuple[str, ...] = ()  # frame image files in order, for image sequences
     frame_numbers: tuple[int, ...] = ()  # the dataset's number of each frame (default: its position)
     labels: Labels | None = None
+
+    def fingerprint(self) -> str:
+        """The path with its file's size and modification time (a frame folder: its frame count and
+        first and last frame's): what the ledger compares, so that a changed input is built again."""
+        files = [self.images[0], self.images[-1]] if self.images else [self.path]
+        stamps = []
+        for file in files:
+            try:
+                st = os.stat(file)
+                stamps.append(f"{st.st_size}:{st.st_mtime_ns}")
+            except OSError:
+                stamps.append("missing")
+        return "|".join([self.path, *(str(len(self.images)),) * bool(self.images), *stamps])
 
 
 @dataclass(frozen=True)
@@ -117,23 +132,35 @@ def listed_inputs(list_file: Path) -> Iterator[Input | Skip]:
             yield Input(str(path), str(given.with_suffix("")), video, named.strip() or identity)
 
 
+def _runs(numbers: list[int]) -> list[tuple[int, int]]:
+    """[start, end) row ranges over which frame numbers count up by one."""
+    cuts = [0, *(i for i in range(1, len(numbers)) if numbers[i] != numbers[i - 1] + 1), len(numbers)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 def _table_inputs(table, kind: str) -> Iterator[Input]:
-    """One input per sequence of a `FrameTable` (records come grouped by sequence)."""
+    """One input per run of consecutive frames of each sequence of a `FrameTable` (records come
+    grouped by sequence): a clip never spans frames a dataset left uncoded or without an image."""
     start = 0
     records = table.records
     while start < len(records):
         end = start
         while end < len(records) and records[end].sequence == records[start].sequence:
             end += 1
-        rows = records[start:end]
-        first = rows[0]
-        labels = Labels(np.stack([r.occ for r in rows]).astype(np.int8), np.stack([r.intensity for r in rows]))
-        numbers = tuple(int(r.frame) for r in rows)
-        if kind == "images":
-            yield Input(str(Path(first.source).parent), first.sequence.replace("_", "/"), first.sequence, first.subject,
-                        images=tuple(r.source for r in rows), frame_numbers=numbers, labels=labels)  # fmt: skip
-        else:
-            yield Input(first.source, first.sequence, first.sequence, first.subject, frame_numbers=numbers, labels=labels)
+        sequence = records[start:end]
+        runs = _runs([int(r.frame) for r in sequence])
+        for first, last in runs:
+            rows = sequence[first:last]
+            head = rows[0]
+            labels = Labels(np.stack([r.occ for r in rows]).astype(np.int8), np.stack([r.intensity for r in rows]))
+            numbers = tuple(int(r.frame) for r in rows)
+            part = f" (frames {numbers[0]}-{numbers[-1]})" if len(runs) > 1 else ""
+            name = head.sequence.replace("_", "/") + (f"/{numbers[0]:06d}" if part else "")
+            if kind == "images":
+                yield Input(str(Path(head.source).parent) + part, name, head.sequence, head.subject,
+                            images=tuple(r.source for r in rows), frame_numbers=numbers, labels=labels)  # fmt: skip
+            else:
+                yield Input(head.source + part, name, head.sequence, head.subject, frame_numbers=numbers, labels=labels)
         start = end
 
 
@@ -169,8 +196,8 @@ def _labelled_inputs(layout: str, root: Path) -> Iterator[Input | Skip]:
 
     if layout == "bp4d":
         table = load_bp4d(root, missing_images="skip")
-        for note in table.notes:
-            yield Skip(str(root), f"{root}: {note}")
+        for number, note in enumerate(table.notes, 1):  # sequences left out, frames without an image
+            yield Skip(f"{root} (BP4D note {number})", f"{root}: {note}")
         yield from _table_inputs(table, "images")
         return
     for subject, video in sorted(disfa_videos(root, "left")[1].items()):

@@ -51,6 +51,15 @@ class ShardInfo:
     labels: dict[str, int] | None = None
 
 
+def shard_on_disk(folder: str | Path, shard) -> str | None:
+    """None when `shard` (a ShardInfo) is on disk at its recorded size; else what is wrong."""
+    path = Path(folder) / shard.path
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    return None if size == shard.bytes else f"{size} bytes, {shard.bytes} recorded"
+
+
 @dataclass
 class Manifest:
     name: str

@@ -1,9 +1,11 @@
 """One shard set built in parts (a job array: one task per part), then merged into one manifest.
 
-Part K of N writes its shards straight into the set's folder under names of its own
-(`NAME-partKKKK-000000.tar`, ...), so that nothing is copied or renamed afterwards, and its
+Part K of N writes its shards straight into the set's folder under names no other part uses
+(the synthetic renderer: `NAME-partKKKK-000000.tar`, ...; `shards build`: the numbers of its own
+chunks, `NAME-N.tar` for N = K, K + N, ...), so that nothing is copied or renamed afterwards, and its
 manifest to `.parts/part-KKKK-of-NNNN.json`, with the ids of the videos and identities it wrote
-in `builder["part"]`: merging counts their union, not their sum. `merge(folder)` checks that
+in `builder["part"]`: merging counts their union, not their sum. Shards are listed by name, as
+one process lists them. `merge(folder)` checks that
 every part is there, built with the same settings, and that every shard is on disk at its
 recorded size, then writes `manifest.json` (atomically, last): the folder is then one set, as
 if one process had written it. Merging again gives the same manifest.
@@ -15,7 +17,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from shards.manifest import MANIFEST_NAME, Manifest
+from shards.manifest import MANIFEST_NAME, Manifest, shard_on_disk
 
 PARTS_DIR = ".parts"
 _RECORD = re.compile(r"part-(\d+)-of-(\d+)\.json$")
@@ -104,10 +106,9 @@ def combine(folder: Path, parts: list[tuple[Path, Manifest]]) -> tuple[Manifest,
     for path, m in parts:
         info = m.builder.get("part") or {}
         for s in m.shards:
-            shard = folder / s.path
-            if not shard.is_file() or shard.stat().st_size != s.bytes:
-                state = "missing" if not shard.is_file() else f"{shard.stat().st_size} bytes, {s.bytes} recorded"
-                raise ValueError(f"{shard}: listed by {path} but {state}")
+            wrong = shard_on_disk(folder, s)
+            if wrong:
+                raise ValueError(f"{folder / s.path}: listed by {path} but {wrong}")
             shards.append(s)
         for split, entry in m.splits.items():
             merged = splits.setdefault(split, {"shards": [], "identities": set()})
@@ -117,6 +118,13 @@ def combine(folder: Path, parts: list[tuple[Path, Manifest]]) -> tuple[Manifest,
         identities.update(info.get("identities", ()))
         frames += m.totals.get("frames", 0)
         unnamed += m.totals.get("clips_without_identity", 0)
+    digests = {(m.builder.get("part") or {}).get("inputs_digest") for _, m in parts} - {None}
+    if len(digests) > 1:
+        raise ValueError(f"{folder}: the parts read their inputs in different orders (or read different inputs), so "
+                         "some inputs may be in two parts or in none: build every part from the same input list")  # fmt: skip
+    shards.sort(key=lambda s: s.path)  # the order one process writes them in, whatever the parts' order
+    for entry in splits.values():
+        entry["shards"].sort()
     names = [s.path for s in shards]
     if len(set(names)) != len(names):
         raise ValueError(f"{folder}: two parts list the same shard name; were they written with the same --part?")

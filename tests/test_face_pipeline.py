@@ -109,6 +109,9 @@ def test_a_track_bridges_two_missed_detections_and_ends_at_its_last_one(dlib_fac
     assert np.isnan(track["scores"]).nonzero()[0].tolist() == [5, 9, 10]
     tracks = [t.arrays()["frames"].tolist() for t in track_faces(iter(video), Missing(dlib_faces, {5, 6, 7, 14, 15}))]
     assert tracks == [[0, 1, 2, 3, 4], [8, 9, 10, 11, 12, 13]]  # three misses end it; bridged ends are cut
+    # cut for length while the face is still there: the bridged frames at the cut stay
+    cut = [t.arrays() for t in track_faces(iter(video), Missing(dlib_faces, {3, 4, 5}), max_length=5)]
+    assert [t["frames"].tolist() for t in cut] == [[0, 1, 2, 3, 4], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15]]
 
 
 def test_synthetic_sets_can_store_the_detectors_landmarks(tmp_path):

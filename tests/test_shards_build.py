@@ -89,11 +89,13 @@ def test_parts_merge_into_the_set_one_build_writes(videos, tmp_path):
     settings = dict(frames=FRAMES, stride=STRIDE, size=32, clips_per_video=3, shard_samples=2, heldout=0.34, seed=1,
                     faces="none")
     whole, _ = build_shards(videos, tmp_path / "whole", **settings)
-    for k in range(3):
-        build_shards(videos, tmp_path / "parts", **settings, part=(k, 3))
-    merged = merge(tmp_path / "parts")
-    assert merged.totals == whole.totals
-    assert {s: v["identities"] for s, v in merged.splits.items()} == {s: v["identities"] for s, v in whole.splits.items()}
+    for parts in (3, 12):  # 12: more parts than chunks, some parts empty
+        for k in range(parts):
+            build_shards(videos, tmp_path / f"parts{parts}", **settings, part=(k, parts))
+        merged = merge(tmp_path / f"parts{parts}")
+        assert merged.shards == whole.shards and merged.splits == whole.splits and merged.totals == whole.totals
+        shards = [s.path for s in whole.shards]
+        assert all((tmp_path / f"parts{parts}" / n).read_bytes() == (tmp_path / "whole" / n).read_bytes() for n in shards)
     held, train = (set(merged.splits[s]["identities"]) for s in ("heldout", "train"))
     assert len(held) == 1 and len(train) == 2 and not held & train
 

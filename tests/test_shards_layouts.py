@@ -47,15 +47,17 @@ def bp4d_value(subject: str, frame: int, au: int) -> int:
     return 9 if (frame + au) % 5 == 0 else (frame + au + int(subject[1:])) % 2
 
 
-def make_bp4d(root: Path, sequences: dict[tuple[str, str], tuple[int, int]]) -> dict:
-    """BP4D as released: AUCoding/AU_OCC/{subject}_{task}.csv and {subject}/{task}/{frame}.jpg."""
+def make_bp4d(root: Path, sequences: dict[tuple[str, str], tuple[int, int]], uncoded: set[int] = frozenset()) -> dict:
+    """BP4D as released: AUCoding/AU_OCC/{subject}_{task}.csv and {subject}/{task}/{frame}.jpg;
+    frames numbered in `uncoded` have an image but no label row."""
     truth = {}
     (root / "AUCoding" / "AU_OCC").mkdir(parents=True)
     for clip, ((subject, task), (start, n)) in enumerate(sequences.items()):
         faces, landmarks = rendered(clip, n)
         rows = [",".join(str(k) for k in range(100))]
         for i, frame in enumerate(range(start, start + n)):
-            rows.append(",".join([str(frame)] + [str(bp4d_value(subject, frame, au)) for au in range(1, 100)]))
+            if frame not in uncoded:
+                rows.append(",".join([str(frame)] + [str(bp4d_value(subject, frame, au)) for au in range(1, 100)]))
             folder = root / subject / task
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(in_frame(faces[i])).save(folder / f"{frame:04d}.jpg", quality=95)
@@ -65,7 +67,8 @@ def make_bp4d(root: Path, sequences: dict[tuple[str, str], tuple[int, int]]) -> 
 
 
 def test_bp4d_as_released_becomes_labelled_face_shards(tmp_path):
-    truth = make_bp4d(tmp_path / "BP4D", {("F001", "T1"): (2440, 12), ("M002", "T3"): (7, 8)})
+    # M002_T3's frame 11 is not coded: its clips must not span the gap
+    truth = make_bp4d(tmp_path / "BP4D", {("F001", "T1"): (2440, 12), ("M002", "T3"): (7, 9)}, uncoded={11})
     Image.fromarray(in_frame(rendered(5, 1)[0][0])).save(tmp_path / "BP4D" / "F001" / "T2.jpg")  # stray file
     (tmp_path / "BP4D" / "F009" / "T1").mkdir(parents=True)  # images without a label file
     Image.fromarray(in_frame(rendered(6, 1)[0][0])).save(tmp_path / "BP4D" / "F009" / "T1" / "0001.jpg")
@@ -76,6 +79,7 @@ def test_bp4d_as_released_becomes_labelled_face_shards(tmp_path):
     clips = read_back(tmp_path / "out")
     assert {m["identity"] for m, _ in clips} == {"F001", "M002"} and manifest.totals["clips_without_identity"] == 0
     assert sorted(m["video_id"] for m, _ in clips).count("F001_T1") == 3  # 12 frames: three windows of 4
+    assert sorted(m["frame_index"][0] for m, _ in clips if m["video_id"] == "M002_T3") == [7, 12]  # 7-10 and 12-15
     landmarks = read_landmarks(tmp_path / "out")
     batch = next(iter(ClipStream(tmp_path / "out", frames=4, batch_size=8, mode="exact", num_workers=0)))
     assert batch.au_occ is not None and batch.au_occ.shape[-1] == len(BP4D_AUS)  # pretraining and fine-tuning read them
@@ -87,9 +91,7 @@ def test_bp4d_as_released_becomes_labelled_face_shards(tmp_path):
         assert occ_by_clip[meta["clip_id"]].tolist() == np.where(expected == 9, -1, expected).tolist(), meta["clip_id"]
         assert np.diff(meta["frame_index"]).tolist() == [1, 1, 1] and len(frames) == 4
         first, faces = truth[meta["video_id"]]
-        for t, (left, top, right, _) in enumerate(meta["face_crop"]):
-            exact = (faces[meta["frame_index"][t] - first] - [left, top]) * (64 / (right - left))
-            errors.append(normalised_error(landmarks[meta["clip_id"]][t], exact))
+        errors += crop_errors(meta, landmarks[meta["clip_id"]], faces[np.array(meta["frame_index"]) - first], 64)
     assert np.mean(errors) < 0.15, np.mean(errors)  # dlib on the renderer's faces: about 0.1
     # fine-tuning streams them as its labelled frames, aligned by the stored landmarks
     from finetune.labelled import shard_frames
@@ -97,6 +99,13 @@ def test_bp4d_as_released_becomes_labelled_face_shards(tmp_path):
     frames = shard_frames(str(tmp_path / "out"), size=56, clip_frames=4)
     assert len(frames) == 4 * len(clips) and frames.au_names == manifest.au_names and frames.images.shape[1:] == (56, 56, 3)
     assert sorted(frames.occ.tolist()) == sorted(row for occ in occ_by_clip.values() for row in occ.tolist())
+
+
+def crop_errors(meta: dict, stored: np.ndarray, exact: np.ndarray, size: int) -> list[float]:
+    """Normalised error of a clip's stored landmarks (crop pixels) against the renderer's `exact`
+    ones (frame pixels), frame by frame, through the crop boxes stored with it."""
+    return [normalised_error(stored[t], (exact[t] - [left, top]) * (size / (right - left)))
+            for t, (left, top, right, _) in enumerate(meta["face_crop"])]  # fmt: skip
 
 
 def _labels(folder: Path) -> dict[str, np.ndarray]:
@@ -121,9 +130,9 @@ def test_disfa_as_released_becomes_labelled_shards_and_a_subject_without_labels_
     assert manifest.au_names == [f"AU{a}" for a in DISFA_INTENSITY_AUS]
     clips = read_back(tmp_path / "out")
     assert len(clips) == 1 and clips[0][0]["identity"] == "SN001"  # 10 frames: one window of 7
-    occ = _labels(tmp_path / "out")[clips[0][0]["clip_id"]]
-    expected = [[int((t + au) % 6 >= 2) for au in DISFA_INTENSITY_AUS] for t in clips[0][0]["frame_index"]]
-    assert occ.tolist() == expected
+    labels = read_arrays(tmp_path / "out", "au.npy")[clips[0][0]["clip_id"]]
+    codes = np.array([[(t + au) % 6 for au in DISFA_INTENSITY_AUS] for t in clips[0][0]["frame_index"]])
+    assert labels["occ"].tolist() == (codes >= 2).astype(int).tolist() and labels["int"].tolist() == codes.tolist()
 
 
 def test_a_list_of_paths_is_read_as_a_stream_with_identities_and_a_corrupt_video_skipped(tmp_path):
@@ -163,6 +172,14 @@ def test_workers_and_a_resumed_build_write_the_shards_one_process_writes(tmp_pat
     assert again == whole and _files(tmp_path / "one") == _files(tmp_path / "two")
     with pytest.raises(ValueError, match=r"a build with other settings \(size\) left its ledger here"):
         build_shards(tmp_path / "vids", tmp_path / "two", **{**settings, "size": 32})
+    # Inputs removed and one re-encoded: the set is what a fresh build of the new inputs writes, no
+    # shard of the old left beside it.
+    for gone in ("id1/v4", "id2/v5"):
+        (tmp_path / "vids" / gone / "c.mp4").unlink()
+    write_mp4(tmp_path / "vids" / "id0" / "v0" / "c.mp4", 11)
+    fewer, _ = build_shards(tmp_path / "vids", tmp_path / "two", **settings, workers=2)
+    fresh, _ = build_shards(tmp_path / "vids", tmp_path / "three", **settings)
+    assert fewer == fresh and _files(tmp_path / "two") == _files(tmp_path / "three")
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -199,13 +216,17 @@ def test_pre_cropped_face_videos_in_voxceleb2s_layout_get_landmarks_by_default(t
     landmarks in each frame, as on any video."""
     from shards.bench import SIZE
 
+    truth = {}
     for clip, (speaker, video) in enumerate((("id00012", "2DLq_Kkc1r8"), ("id00015", "0fijmz4vTVU"))):
-        faces, _ = rendered(clip, 8)
+        faces, truth[speaker] = rendered(clip, 8)
         write_face_video(tmp_path / "vox" / speaker / video / "00001.mp4", faces, (0, 0), crop=True)
     manifest, skipped = build_shards(tmp_path / "vox", tmp_path / "out", frames=4, size=SIZE, clips_per_video=1)
     assert not skipped and manifest.builder["settings"]["faces"] == "dlib"
     clips = read_back(tmp_path / "out")
     assert sorted((m["identity"], m["video_id"]) for m, _ in clips) == [
         ("id00012", "id00012/2DLq_Kkc1r8"), ("id00015", "id00015/0fijmz4vTVU")]
-    assert all(lm.shape == (4, 68, 2) for lm in read_landmarks(tmp_path / "out").values())
+    landmarks = read_landmarks(tmp_path / "out")
+    errors = [e for meta, _ in clips
+              for e in crop_errors(meta, landmarks[meta["clip_id"]], truth[meta["identity"]][meta["frame_index"]], SIZE)]
+    assert len(errors) == 8 and np.mean(errors) < 0.15, errors  # fmt: skip
     assert manifest.carries("landmarks")

@@ -9,7 +9,7 @@ Crops (`crop=`; the box is `shards.geometry.crop_box`):
 * `"none"`: the whole frame, squeezed to a square.
 
 Images decode with simplejpeg (JPEG) or Pillow (others); video frames (a file with one of the
-suffixes the shard builder takes for videos, `shards.build.VIDEO_SUFFIXES`) come from a small
+suffixes the shard builder takes for videos, `shards.inputs.VIDEO_SUFFIXES`) come from a small
 per-process cache of open `VideoFrames` readers, so reading the frames of a video in order
 decodes it once. Output is `uint8 [size, size, 3]` RGB, resized with Pillow's bilinear filter.
 """
@@ -26,7 +26,7 @@ from PIL import Image
 
 from shards.datasets.table import FrameRecord
 from shards.datasets.video import VideoFrames
-from shards.build import VIDEO_SUFFIXES
+from shards.inputs import VIDEO_SUFFIXES
 from shards.geometry import crop_box, cut_square
 
 __all__ = ["read_frame", "load_pixels"]
