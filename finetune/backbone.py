@@ -86,12 +86,15 @@ def backbone_args(arch: str, image_size: int | None) -> dict:
     return {}
 
 
-def load_backbone(spec: str, *, input_size: int | None = None, index: str | None = None) -> Backbone:
+def load_backbone(spec: str, *, input_size: int | None = None, index: str | None = None,
+                  model_args: dict | None = None) -> Backbone:  # fmt: skip
     """`spec`: a published backbone (a folder or `local-dir:FOLDER`, a URL, `hf-hub:owner/repo`,
     or a name in `index`, else in $AUFORGE_HUB_INDEX: see finetune.hub) or a timm architecture name.
 
     Weights load through timm itself (`pretrained_cfg_overlay=dict(file=...)`, strict keys), as
-    any user without auforge would load them; only safetensors and JSON are read.
+    any user without auforge would load them; only safetensors and JSON are read. `model_args`:
+    timm's shape arguments (`MODEL_ARGS`) for a random-init architecture, as a model preset's `args`
+    build it (a published folder carries its own).
     """
     path = published_folder(spec, index)
     if path is not None:
@@ -105,6 +108,7 @@ def load_backbone(spec: str, *, input_size: int | None = None, index: str | None
         return Backbone(model, config["architecture"], model.num_features, size, tuple(pcfg["mean"]),
                         tuple(pcfg["std"]), str(path))  # fmt: skip
     size = input_size or 224
-    model = timm.create_model(spec, pretrained=False, num_classes=0, **backbone_args(spec, size))
+    _check_model_args(model_args or {}, Path(f"the model_args for {spec}"))
+    model = timm.create_model(spec, pretrained=False, num_classes=0, **backbone_args(spec, size), **(model_args or {}))
     pcfg = model.pretrained_cfg
     return Backbone(model, spec, model.num_features, size, tuple(pcfg["mean"]), tuple(pcfg["std"]), "random-init")
