@@ -18,9 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from finetune.plots import _figure, _save
-from shards.atomic import write_text_atomic
+from finetune.report import open_report
 
 SCARCE = 2  # the claim is about the study's smallest label fractions (1% and 2% in the presets)
+
+
+def _write(path: Path, text: str) -> None:
+    with open_report(path) as f:  # atomic, readable by all
+        f.write(text)
 
 
 def load_cells(study: Path) -> tuple[list[dict], dict[str, dict]]:
@@ -60,7 +65,7 @@ def write_csv(study: Path, cells: list[dict]) -> None:
         writer.writerow([c["variant"], c["mode"], c["fold"], c["fraction"], c["draw"], c["labelled"],
                          f"{c['mean_f1']:.4f}", *(f"{c['per_au'].get(a, float('nan')):.4f}" for a in aus),
                          c["seconds"]])  # fmt: skip
-    write_text_atomic(study / "results.csv", out.getvalue())
+    _write(study / "results.csv", out.getvalue())
 
 
 def _pretraining_evidence(study: Path, variant: str) -> str:
@@ -147,7 +152,7 @@ def write_report(cfg) -> None:
                      "Nothing to judge yet: no variant and its baseline share a finished fold at these fractions.")
     lines += ["", "![F1 against label fraction](f1_by_fraction.png)", "", "![identity leakage](identity.png)", "",
               "![per-AU F1](per_au.png)", ""]  # fmt: skip
-    write_text_atomic(study / "report.md", "\n".join(lines))
+    _write(study / "report.md", "\n".join(lines))
     plot_fractions(study / "f1_by_fraction.png", folds, variants, modes, fractions)
     plot_identity(study / "identity.png", leaks, variants)
     plot_per_au(study / "per_au.png", cells, variants, modes[0], min(fractions))
