@@ -70,3 +70,16 @@ def write_mp4(path: Path, n: int) -> None:
                 c.mux(packet)
         for packet in s.encode():
             c.mux(packet)
+
+
+def need_mediapipe() -> None:
+    """Skip a MediaPipe test where the optional backend is not installed, except on CI (CI=true),
+    whose test command installs it: there a missing MediaPipe fails the test."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        import mediapipe  # noqa: F401
+    else:
+        pytest.importorskip("mediapipe")

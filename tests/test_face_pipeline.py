@@ -10,6 +10,7 @@ import pytest
 from shards.bench import synthetic_faces
 from shards.face_pipeline import DlibFaces, iou, measure, normalised_error, shot_changed, track_faces
 from shards.synthetic import Renderer
+from stream_helpers import need_mediapipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +42,7 @@ def test_dlib_finds_synthetic_faces_and_their_landmarks(dlib_faces):
 
 
 def test_mediapipe_finds_synthetic_faces_and_their_landmarks():
-    pytest.importorskip("mediapipe")
+    need_mediapipe()
     from shards.face_pipeline import INNER, MESH_TO_IBUG68, MediaPipeFaces
 
     assert len(set(MESH_TO_IBUG68.tolist())) == 68 and MESH_TO_IBUG68.max() < 468

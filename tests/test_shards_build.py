@@ -18,7 +18,7 @@ from shards.build import NoClips, build_shards
 from shards.inputs import read_inputs
 from shards.parts import merge
 from shards.stream import ClipStream
-from stream_helpers import grey, write_mp4
+from stream_helpers import grey, need_mediapipe, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, STRIDE = 4, 2
@@ -175,7 +175,7 @@ def test_face_videos_become_clips_of_face_tracks_with_landmarks(tmp_path, faces)
     not face crops; each clip is a window of one track, cut around its landmarks, which land near
     the renderer's own."""
     if faces == "mediapipe":
-        pytest.importorskip("mediapipe")
+        need_mediapipe()
     from shards.face_pipeline import normalised_error
     from shards.synthetic import Renderer
 
