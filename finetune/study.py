@@ -93,6 +93,10 @@ class StudyConfig:
     finetune: FinetuneBudget = field(default_factory=FinetuneBudget)
     study_dir: str = "runs/study"
     seed: int = 0
+    only: Optional[str] = None  # compute this variant's cells alone, no report (a SLURM array task)
+    report_only: bool = False  # write the report from the finished cells, compute nothing
+    launcher: str = "local"  # local: here; slurm: `python -m slurm study` (a task a variant, then the report)
+    slurm_args: list[str] = field(default_factory=list)  # options of `python -m slurm study` (--partition, --wait, ...)
 
 
 def register() -> None:
@@ -234,13 +238,20 @@ def run_study(cfg) -> dict:
         raise ValueError(f"baseline {cfg.baseline!r} is not one of the variants {', '.join(cfg.variants)}")
     if cfg.task != "detection":
         raise ValueError("the study measures AU detection (task=detection); intensity is not in it yet")
+    if cfg.only is not None and cfg.only not in cfg.variants:
+        raise ValueError(f"only={cfg.only}: not one of the variants {', '.join(cfg.variants)}")
     study = Path(cfg.study_dir)
-    study.mkdir(parents=True, exist_ok=True)
-    lock_run_dir(study)
-    write_text_atomic(study / "study.yaml", OmegaConf.to_yaml(cfg))
     counts = {"computed": 0, "found": 0}
+    if cfg.report_only:
+        write_report(cfg)
+        return counts
+    # one study at a time in a folder; the tasks of an array, one a variant, each hold their own
+    held = study if cfg.only is None else study / "cells" / cfg.only
+    held.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(held)
+    write_text_atomic(held / "study.yaml", OmegaConf.to_yaml(cfg))
     frames_at: dict[int, Frames] = {}
-    for name in cfg.variants:
+    for name in [cfg.only] if cfg.only is not None else cfg.variants:
         backbone = backbone_of(cfg, name)
         if backbone.input_size not in frames_at:
             frames_at[backbone.input_size] = load_frames(cfg, backbone.input_size)
@@ -276,7 +287,8 @@ def run_study(cfg) -> dict:
                         counts["computed"] += 1
                         log.info("%s %s fold %s %g%% draw %d: F1 %.3f", name, mode, fold, 100 * fraction, draw,
                                  result["mean_f1"])  # fmt: skip
-    write_report(cfg)
+    if cfg.only is None:
+        write_report(cfg)
     return counts
 
 
@@ -290,6 +302,14 @@ register()
 
 @hydra.main(config_path=CONFIG_DIR, config_name="study", version_base=None)
 def main(cfg) -> None:
+    if cfg.launcher == "slurm":  # the same overrides, run by the SLURM launcher (fine-tuning imports no slurm code)
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("launcher=", "slurm_args="))]
+        command = [sys.executable, "-m", "slurm", "study", *cfg.slurm_args, "--", *overrides]
+        raise SystemExit(subprocess.run(command, cwd=REPO).returncode)
+    if cfg.launcher != "local":
+        raise ValueError(f"launcher must be local or slurm, not {cfg.launcher!r}")
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     counts = run_study(cfg)
     print(f"study {cfg.study_dir}: {counts['computed']} cells computed, {counts['found']} found finished; "

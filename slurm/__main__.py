@@ -3,6 +3,7 @@
   python -m slurm pretrain --nodes 4 --gpus-per-node 8 --partition gpu --time 2-00:00:00 -- experiment=resnet50_112 data=shards data.source=...
   python -m slurm shards synth --parts 16 -- --out /data/synth --clips 100000 --size 112
   python -m slurm finetune --backbones runs/pretrain/published/auforge-pretrain,resnet18 --folds 1,2,3 --label-fractions 0.02,0.1,1 -- data=bp4d data.root=/data/BP4D
+  python -m slurm study --gpus-per-node 1 --time 8:00:00 -- preset=gpu
 
 Everything after `--` goes to the job's own command (Hydra overrides for pretrain and finetune,
 `python -m shards` arguments for shards). `--local` runs the same code path with submitit's
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-fractions", type=_csv(float), help="comma-separated (default: the config's)")
     p.add_argument("--run-dir", help="the sweep's directory (default: the config's run_dir)")
     add_resource_args(p, array=True)
+
+    p = sub.add_parser("study", help="the label-efficiency study: a task a variant, then the report (finetune.study)")
+    add_resource_args(p, array=True)
     return parser
 
 
@@ -56,7 +60,7 @@ def main(argv=None) -> int:
     # Our options before `--`, the job's own arguments after it.
     cut = argv.index("--") if "--" in argv else len(argv)
     args, rest = build_parser().parse_args(argv[:cut]), argv[cut + 1 :]
-    from slurm import finetune, pretrain, shards
+    from slurm import finetune, pretrain, shards, study
     from slurm.config import BadOverrides
 
     try:
@@ -68,6 +72,10 @@ def main(argv=None) -> int:
             jobs, last, out = shards.submit(args, args.command, rest)
             print(shards.describe(jobs, last, out, args), flush=True)
             done = (lambda: shards.outcome(jobs, last, out), [*jobs, last])
+        elif args.job == "study":
+            jobs, last, root = study.submit(args, rest)
+            print(study.describe(jobs, last, root, args), flush=True)
+            done = (lambda: study.outcome(jobs, last, root), [*jobs, last])
         else:
             jobs, last, root = finetune.submit(args, rest)
             print(finetune.describe(jobs, last, root, args), flush=True)

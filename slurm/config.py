@@ -19,6 +19,8 @@ def compose(config_name: str, overrides: list[str]):
 
     if config_name == "pretrain":
         from pretrain.config import register
+    elif config_name == "study":
+        from finetune.study import register
     else:
         from finetune.config import register
     register()

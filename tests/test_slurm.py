@@ -274,3 +274,15 @@ def test_finetune_sweep_of_2_folds_by_2_fractions_writes_one_summary(cluster, en
             assert metrics["setting"]["fold"] == fold and metrics["setting"]["label_fraction"] == fraction
     table = (root / "summary.md").read_text()
     assert table in proc.stdout and table.count("\n") == 2 + 6 and "mean of 2" in table
+
+
+def test_study_runs_as_an_array_of_variants_then_a_report(cluster, env, tmp_path):
+    """`launcher=slurm` (what preset=slurm sets, here on the tiny grid): a task a variant, then a report job."""
+    study = tmp_path / "study"
+    proc = subprocess.run([sys.executable, "-m", "finetune.study", "preset=tiny", "launcher=slurm",
+                           f"study_dir={study}", "slurm_args=[--wait]"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert "submitted 2 variant(s) as job array" in proc.stdout and "report.md" in proc.stdout
+    assert len(list((study / "cells").glob("*/*/*.json"))) == 36  # both variants' cells, by two tasks
+    assert "| flow (against `random`) | linear |" in (study / "report.md").read_text()
