@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from finetune.metrics import f1_per_au
 
-__all__ = ["linear_probe", "knn_probe", "identity_probe"]
+__all__ = ["linear_probe", "knn_probe", "identity_probe", "ridge_probe", "ridge_predictions"]
 
 
 def _features(x: Any, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -238,6 +238,21 @@ def ridge_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, groups:
     weight, centre = _ridge(xtr, ytr, alpha)
     r2 = _r2(yte, centre + xte @ weight).numpy()
     return {"r2": r2, "mean_r2": float(r2.mean()), "alpha": alpha}
+
+
+def ridge_predictions(train_x: Any, train_y: Any, test_x: Any, *, alpha: float = 1.0) -> np.ndarray:
+    """Continuous targets [N_test, A] predicted from frozen features by ridge regression (standardised
+    features, closed form, strength `alpha`), each target fitted on the training rows where it is
+    known (not NaN); a target known nowhere is predicted NaN. For AU intensity probes."""
+    xtr, xte = _standardise(_features(train_x, "train_x").double(), _features(test_x, "test_x").double())
+    ytr = np.asarray(train_y, dtype=np.float64).reshape(len(xtr), -1)
+    out = np.full((len(xte), ytr.shape[1]), np.nan)
+    for a in range(ytr.shape[1]):
+        known = torch.as_tensor(np.isfinite(ytr[:, a]))
+        if known.any():
+            weight, centre = _ridge(xtr[known], torch.as_tensor(ytr[:, a])[known][:, None], alpha)
+            out[:, a] = (centre + xte @ weight).numpy()[:, 0]
+    return out
 
 
 def identity_probe(

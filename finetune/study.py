@@ -13,7 +13,8 @@ The grid (`configs/study.yaml`, a preset in `configs/preset/`):
   learning-rate decay, as `finetune.train` does), whatever the fraction;
 * folds (`folds`): the identity-disjoint folds of `finetune.protocol` (BP4D's and DISFA's
   published ones, else the subjects dealt round robin).
-Identity leakage is measured once a variant: a linear classifier over the people from its frozen
+Where the labelled set has AU intensities, the linear cells also regress them (ridge on the same
+features, clipped to 0..5: ICC(3,1) and MAE). Identity leakage is measured once a variant: a linear classifier over the people from its frozen
 features, split by clip (`finetune.probe.identity_probe`), against chance.
 
 Every finished cell is a JSON file under STUDY/cells/ (written atomically), every variant's
@@ -49,7 +50,7 @@ from finetune.config import CONFIG_DIR, DataConfig
 from finetune.evaluation import evaluate
 from finetune.heads import make_head
 from finetune.labelled import Frames
-from finetune.probe import identity_probe, linear_probe
+from finetune.probe import identity_probe, linear_probe, ridge_predictions
 from finetune.protocol import fold_split, labelled_subset, parts_for
 from shards.atomic import atomic_open, write_text_atomic
 from shards.batch import normalize
@@ -217,8 +218,17 @@ def finetune_cell(backbone: Backbone, frames: Frames, labelled: np.ndarray, test
 
 
 def linear_cell(features: np.ndarray, frames: Frames, labelled: np.ndarray, test: np.ndarray, seed: int) -> dict:
+    """Occurrence by a linear probe; intensity, where the labelled frames have any, by ridge
+    regression clipped to 0..5 (ICC(3,1) and MAE, means over AUs)."""
     r = linear_probe(features[labelled], frames.occ[labelled], features[test], frames.occ[test], seed=seed)
-    return {"mean_f1": float(r["mean_f1"]), "per_au": dict(zip(frames.au_names, map(float, r["f1"])))}
+    out = {"mean_f1": float(r["mean_f1"]), "per_au": dict(zip(frames.au_names, map(float, r["f1"])))}
+    if np.isfinite(frames.intensity[labelled]).any():
+        predicted = np.clip(ridge_predictions(features[labelled], frames.intensity[labelled], features[test]), 0, 5)
+        known = np.isfinite(predicted).all(0)
+        scores = evaluate("intensity", np.array(frames.au_names)[known].tolist(), predicted[:, known],
+                          frames.intensity[test][:, known])  # fmt: skip
+        out.update(icc=float(scores["mean"]["icc"]), mae=float(scores["mean"]["mae"]))
+    return out
 
 
 def cell_path(cfg, variant: str, mode: str, fold: int, fraction: float, draw: int) -> Path:
@@ -237,7 +247,8 @@ def run_study(cfg) -> dict:
     if cfg.baseline not in cfg.variants:
         raise ValueError(f"baseline {cfg.baseline!r} is not one of the variants {', '.join(cfg.variants)}")
     if cfg.task != "detection":
-        raise ValueError("the study measures AU detection (task=detection); intensity is not in it yet")
+        raise ValueError("task=detection: the study measures detection in every cell, and intensity (ICC, MAE) by "
+                         "the linear cells wherever the labelled set has intensities")  # fmt: skip
     if cfg.only is not None and cfg.only not in cfg.variants:
         raise ValueError(f"only={cfg.only}: not one of the variants {', '.join(cfg.variants)}")
     study = Path(cfg.study_dir)

@@ -35,11 +35,12 @@ def load_cells(study: Path) -> tuple[list[dict], dict[str, dict]]:
     return cells, leaks
 
 
-def by_fold(cells: list[dict]) -> dict[tuple[str, str, float], dict[int, float]]:
-    """(variant, mode, fraction) -> {fold: mean F1 over that fold's draws}."""
+def by_fold(cells: list[dict], metric: str = "mean_f1") -> dict[tuple[str, str, float], dict[int, float]]:
+    """(variant, mode, fraction) -> {fold: the mean of `metric` over that fold's draws}."""
     draws: dict[tuple, list[float]] = defaultdict(list)
     for c in cells:
-        draws[(c["variant"], c["mode"], c["fraction"], c["fold"])].append(c["mean_f1"])
+        if metric in c:
+            draws[(c["variant"], c["mode"], c["fraction"], c["fold"])].append(c[metric])
     folds: dict[tuple, dict[int, float]] = defaultdict(dict)
     for (variant, mode, fraction, fold), values in draws.items():
         folds[(variant, mode, fraction)][fold] = float(np.mean(values))
@@ -60,11 +61,12 @@ def write_csv(study: Path, cells: list[dict]) -> None:
     aus = sorted({au for c in cells for au in c["per_au"]}, key=lambda a: int(a[2:]) if a[2:].isdigit() else a)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["variant", "mode", "fold", "fraction", "draw", "labelled", "mean_f1", *aus, "seconds"])
+    writer.writerow(["variant", "mode", "fold", "fraction", "draw", "labelled", "mean_f1", *aus, "icc", "mae",
+                     "seconds"])  # fmt: skip
     for c in sorted(cells, key=lambda c: (c["variant"], c["mode"], c["fraction"], c["fold"], c["draw"])):
         writer.writerow([c["variant"], c["mode"], c["fold"], c["fraction"], c["draw"], c["labelled"],
                          f"{c['mean_f1']:.4f}", *(f"{c['per_au'].get(a, float('nan')):.4f}" for a in aus),
-                         c["seconds"]])  # fmt: skip
+                         *(f"{c[m]:.4f}" if m in c else "" for m in ("icc", "mae")), c["seconds"]])  # fmt: skip
     _write(study / "results.csv", out.getvalue())
 
 
@@ -108,6 +110,17 @@ def write_report(cfg) -> None:
                 values = list(folds.get((v, mode, f), {}).values())
                 row.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "-")
             lines.append(f"| {v} | {cfg.variants[v].reads} | " + " | ".join(row) + " |")
+        lines.append("")
+    for metric, label in (("icc", "ICC(3,1)"), ("mae", "MAE")):
+        scores = by_fold(cells, metric)
+        if not scores:
+            continue
+        lines += [f"## Intensity from the linear cells: {label} (ridge on the frozen features)", "",
+                  "| variant | " + " | ".join(f"{100 * f:g}% labels" for f in fractions) + " |",
+                  "| --- |" + " ---: |" * len(fractions)]  # fmt: skip
+        for v in variants:
+            values = [list(scores.get((v, "linear", f), {}).values()) for f in fractions]
+            lines.append(f"| {v} | " + " | ".join(f"{np.mean(x):.3f} ± {np.std(x):.3f}" if x else "-" for x in values) + " |")
         lines.append("")
     lines += ["## Does pretraining beat random initialisation where labels are scarce?", "",
               "Gain over random initialisation of the same architecture (paired by fold) against the larger of the two "

@@ -67,8 +67,12 @@ def test_a_tiny_study_writes_its_report_and_resumes_without_recomputing(tmp_path
     assert "36 cells computed, 0 found finished" in study()
     report = (tmp_path / "report.md").read_text()
     for part in ("## Linear probe (frozen backbone)", "## Full fine-tuning", "| flow (against `random`) | linear |",
-                 "| flow (against `random`) | finetune |", "## Identity leakage", "| random | -"):  # fmt: skip
+                 "| flow (against `random`) | finetune |", "## Identity leakage", "| random | -",
+                 "## Intensity from the linear cells: ICC(3,1)", "## Intensity from the linear cells: MAE"):  # fmt: skip
         assert part in report, part
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert all((r["icc"] != "") == (r["mode"] == "linear") for r in rows)  # the renderer's intensities, regressed
+    assert all(0 <= float(r["mae"]) <= 5 for r in rows if r["mode"] == "linear")
     first = {(r["variant"], r["mode"], r["fold"], r["fraction"], r["draw"]): r["mean_f1"]
              for r in csv.DictReader((tmp_path / "results.csv").open())}  # fmt: skip
     assert len(first) == 36 and all(0 <= float(v) <= 1 for v in first.values())
