@@ -31,7 +31,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -321,7 +320,6 @@ def main(cfg) -> None:
         raise SystemExit(subprocess.run(command, cwd=REPO).returncode)
     if cfg.launcher != "local":
         raise ValueError(f"launcher must be local or slurm, not {cfg.launcher!r}")
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     counts = run_study(cfg)
     print(f"study {cfg.study_dir}: {counts['computed']} cells computed, {counts['found']} found finished; "
           f"report {Path(cfg.study_dir) / 'report.md'}")  # fmt: skip

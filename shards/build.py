@@ -41,12 +41,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import simplejpeg
-from PIL import Image
 
 from shards import ledger, parts
 from shards.datasets.pixels import load_pixels
 from shards.format import Clip
-from shards.geometry import crop_box
+from shards.geometry import crop_box, cut_square
 from shards.inputs import VIDEO_SUFFIXES, Input, Skip, au_names, read_inputs
 from shards.manifest import MANIFEST_NAME, Manifest, heldout_people
 from shards.writer import ShardWriter
@@ -66,12 +65,6 @@ class NoClips(ValueError):
     def __init__(self, root: Path, skipped: dict[str, str]):
         super().__init__(f"{root}: no clip written: all {len(skipped)} input(s) were skipped, so no manifest either")
         self.skipped = skipped
-
-
-def _square(image: np.ndarray, size: int) -> np.ndarray:
-    left, top, right, bottom = crop_box(image.shape, None, "centre")
-    crop = Image.fromarray(image[top:bottom, left:right])
-    return np.asarray(crop.resize((size, size), Image.BILINEAR))
 
 
 @contextlib.contextmanager
@@ -128,7 +121,8 @@ def centre_clips(item: Input, *, frames: int, stride: int, size: int, clips_per_
         for position, load in enumerate(loaders):
             offset = position - len(windows) * span
             if offset % stride == 0:
-                current.append(_jpeg(_square(load(), size), quality))
+                image = load()
+                current.append(_jpeg(cut_square(image, crop_box(image.shape, None, "centre"), size), quality))
             if offset == span - 1:
                 windows.append(_window(item, np.arange(position - span + 1, position + 1, stride), current))
                 current = []

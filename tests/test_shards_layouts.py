@@ -3,7 +3,6 @@ written here with the renderer's faces), and the ledger: a killed build resumes 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
