@@ -364,4 +364,8 @@ def summary(run: Run, r: dict, folder: Path, timing: dict) -> str:
                      if f"{who}/linear_f1_seed{seed}" in r]  # fmt: skip
             if draws:
                 lines.append(f"  linear probe per draw, {'pretrained' if who == 'probe' else 'random init'}: {' '.join(draws)}")
+        keys = [f"linear_f1_seed{seed}" for seed in run.cfg.eval.label_seeds]
+        if all(f"{who}/{k}" in r for who in ("probe", "random_init") for k in keys):
+            gains = " ".join(f"{r[f'probe/{k}'] - r[f'random_init/{k}']:+.3f}" for k in keys)
+            lines.append(f"  gain per draw over random init:    {gains}")
     return "\n".join(lines)

